@@ -1,0 +1,283 @@
+//! The `causal-metadata` token handed to clients.
+//!
+//! A token is `base64url(payload ‖ checksum)` where the payload is a version byte, the era, and
+//! the vector clock as (address, counter) pairs in ascending address order. The checksum is a
+//! keyed xxh3 of the payload: it is not a cryptographic signature, but it makes any string the
+//! store did not issue (a typo, a truncation, a token of another system) fail to decode, so the
+//! store can answer "Invalid causal metadata" instead of waiting on invented dependencies.
+//! The size is bounded by the number of nodes named, never by keys or writes.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+use super::clock::VectorClock;
+
+const FORMAT_VERSION: u8 = 1;
+const CHECKSUM_SEED: u64 = 0x6b76_735f_6361_7573; // "kvs_caus"
+const CHECKSUM_LEN: usize = 8;
+/// A clock naming more nodes than this was not issued by any sane store.
+const MAX_ENTRIES: u64 = 4096;
+
+/// What a client depends on: every write covered by `clock` in reshard era `era`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CausalMetadata {
+    pub era: u64,
+    pub clock: VectorClock,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid causal metadata")]
+pub struct InvalidMetadata;
+
+impl CausalMetadata {
+    pub fn new(era: u64, clock: VectorClock) -> Self {
+        Self { era, clock }
+    }
+
+    /// Parses a client's token; `""` means "no dependencies".
+    pub fn decode(token: &str) -> Result<Self, InvalidMetadata> {
+        if token.is_empty() {
+            return Ok(Self::default());
+        }
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token.as_bytes())
+            .map_err(|_| InvalidMetadata)?;
+        if bytes.len() < 1 + CHECKSUM_LEN {
+            return Err(InvalidMetadata);
+        }
+        let (payload, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+        let expected = xxhash_rust::xxh3::xxh3_64_with_seed(payload, CHECKSUM_SEED).to_le_bytes();
+        if checksum != expected {
+            return Err(InvalidMetadata);
+        }
+        Reader::new(payload).metadata()
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = Vec::with_capacity(16 + self.clock.len() * 10);
+        out.push(FORMAT_VERSION);
+        put_varint(&mut out, self.era);
+        put_varint(&mut out, self.clock.len() as u64);
+        for (addr, &counter) in self.clock.iter() {
+            put_addr(&mut out, addr);
+            put_varint(&mut out, counter);
+        }
+        let checksum = xxhash_rust::xxh3::xxh3_64_with_seed(&out, CHECKSUM_SEED);
+        out.extend_from_slice(&checksum.to_le_bytes());
+        URL_SAFE_NO_PAD.encode(out)
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
+/// A strict decoder: any deviation from what `encode` writes is an error.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], InvalidMetadata> {
+        if self.bytes.len() < n {
+            return Err(InvalidMetadata);
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn byte(&mut self) -> Result<u8, InvalidMetadata> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn varint(&mut self) -> Result<u64, InvalidMetadata> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(InvalidMetadata)
+    }
+
+    fn addr(&mut self) -> Result<SocketAddr, InvalidMetadata> {
+        let ip = match self.byte()? {
+            4 => {
+                let o: [u8; 4] = self.take(4)?.try_into().map_err(|_| InvalidMetadata)?;
+                IpAddr::V4(Ipv4Addr::from(o))
+            }
+            6 => {
+                let o: [u8; 16] = self.take(16)?.try_into().map_err(|_| InvalidMetadata)?;
+                IpAddr::V6(Ipv6Addr::from(o))
+            }
+            _ => return Err(InvalidMetadata),
+        };
+        let port: [u8; 2] = self.take(2)?.try_into().map_err(|_| InvalidMetadata)?;
+        Ok(SocketAddr::new(ip, u16::from_be_bytes(port)))
+    }
+
+    fn metadata(mut self) -> Result<CausalMetadata, InvalidMetadata> {
+        if self.byte()? != FORMAT_VERSION {
+            return Err(InvalidMetadata);
+        }
+        let era = self.varint()?;
+        let count = self.varint()?;
+        if count > MAX_ENTRIES {
+            return Err(InvalidMetadata);
+        }
+        let mut clock = VectorClock::new();
+        let mut previous: Option<SocketAddr> = None;
+        for _ in 0..count {
+            let addr = self.addr()?;
+            let counter = self.varint()?;
+            // Canonical form: strictly ascending addresses, no zero counters.
+            if counter == 0 || previous.is_some_and(|p| p >= addr) {
+                return Err(InvalidMetadata);
+            }
+            previous = Some(addr);
+            clock.set(addr, counter);
+        }
+        if !self.bytes.is_empty() {
+            return Err(InvalidMetadata);
+        }
+        Ok(CausalMetadata { era, clock })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> CausalMetadata {
+        let clock = [
+            ("10.10.0.2:8080", 3u64),
+            ("10.10.0.10:8080", 700),
+            ("[::1]:9000", 1),
+        ]
+        .iter()
+        .map(|(a, v)| (a.parse().unwrap(), *v))
+        .collect();
+        CausalMetadata::new(2, clock)
+    }
+
+    #[test]
+    fn round_trips() {
+        let m = sample();
+        let token = m.encode();
+        assert_eq!(CausalMetadata::decode(&token), Ok(m));
+    }
+
+    #[test]
+    fn empty_token_means_no_dependencies() {
+        assert_eq!(CausalMetadata::decode(""), Ok(CausalMetadata::default()));
+    }
+
+    #[test]
+    fn token_is_url_and_json_safe() {
+        let token = sample().encode();
+        assert!(token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    }
+
+    #[test]
+    fn rejects_strings_the_store_did_not_issue() {
+        for forged in ["garbage", "{}", "null", "AAAA", "====", "ü", " "] {
+            assert_eq!(
+                CausalMetadata::decode(forged),
+                Err(InvalidMetadata),
+                "{forged}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_tampered_and_truncated_tokens() {
+        let token = sample().encode();
+        let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        bytes[2] ^= 1;
+        assert!(CausalMetadata::decode(&URL_SAFE_NO_PAD.encode(&bytes)).is_err());
+        assert!(CausalMetadata::decode(&token[..token.len() - 3]).is_err());
+        let mut longer = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        longer.push(0);
+        assert!(CausalMetadata::decode(&URL_SAFE_NO_PAD.encode(&longer)).is_err());
+    }
+
+    #[test]
+    fn rejects_non_canonical_payloads_even_with_a_valid_checksum() {
+        let sign = |payload: Vec<u8>| {
+            let mut bytes = payload.clone();
+            let sum = xxhash_rust::xxh3::xxh3_64_with_seed(&payload, CHECKSUM_SEED);
+            bytes.extend_from_slice(&sum.to_le_bytes());
+            URL_SAFE_NO_PAD.encode(bytes)
+        };
+        // Wrong version byte.
+        assert!(CausalMetadata::decode(&sign(vec![9, 0, 0])).is_err());
+        // A zero counter.
+        assert!(CausalMetadata::decode(&sign(vec![1, 0, 1, 4, 1, 2, 3, 4, 0, 80, 0])).is_err());
+        // Duplicate addresses.
+        let entry = [4u8, 1, 2, 3, 4, 0, 80, 1];
+        let mut dup = vec![1, 0, 2];
+        dup.extend_from_slice(&entry);
+        dup.extend_from_slice(&entry);
+        assert!(CausalMetadata::decode(&sign(dup)).is_err());
+        // An absurd entry count.
+        assert!(CausalMetadata::decode(&sign(vec![1, 0, 0xff, 0xff, 0x03])).is_err());
+    }
+
+    #[test]
+    fn size_grows_with_nodes_not_with_counters() {
+        let small = sample().encode().len();
+        let mut big = sample();
+        let nodes: Vec<_> = big.clock.iter().map(|(a, _)| *a).collect();
+        for a in nodes {
+            big.clock.set(a, 10_000_000);
+        }
+        // Three counters grew from one varint byte to four: a few bytes, not a function of the count.
+        assert!(big.encode().len() <= small + 16);
+    }
+
+    proptest! {
+        #[test]
+        fn any_clock_round_trips(era in 0u64..1_000_000, entries in proptest::collection::btree_map((any::<[u8;4]>(), any::<u16>()), 1u64..u64::MAX, 0..12)) {
+            let clock = entries.into_iter().map(|((ip, port), v)| (SocketAddr::from((ip, port)), v)).collect();
+            let m = CausalMetadata::new(era, clock);
+            prop_assert_eq!(CausalMetadata::decode(&m.encode()), Ok(m));
+        }
+
+        #[test]
+        fn random_strings_never_decode(s in "[A-Za-z0-9_-]{0,64}") {
+            // A random string passes the 64-bit checksum with negligible probability.
+            prop_assume!(!s.is_empty());
+            prop_assert!(CausalMetadata::decode(&s).is_err());
+        }
+    }
+}

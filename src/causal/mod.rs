@@ -1,0 +1,10 @@
+//! Causality: vector clocks, the client-visible metadata token, and the replica state machine
+//! that decides when a write or read may proceed.
+
+mod clock;
+mod metadata;
+mod replica;
+
+pub use clock::VectorClock;
+pub use metadata::{CausalMetadata, InvalidMetadata};
+pub use replica::{Admission, Dot, Readiness, Replica, Stamp};

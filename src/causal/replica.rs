@@ -1,0 +1,286 @@
+//! The causal replica state machine: which writes a node has applied, how it stamps new ones,
+//! and when a remote write or a client's dependencies are satisfied. No I/O happens here.
+//!
+//! Every write gets a [`Dot`] `(era, origin, seq)`: it is the `seq`-th write its origin
+//! coordinated in the current reshard era. A replica applies each origin's writes in `seq`
+//! order and only after the writes they depend on inside the shard, so its `applied` clock
+//! always describes a causally closed set of writes. A client's token is satisfied when
+//! `applied` covers the token's entries for nodes of this shard; entries for other shards
+//! never block.
+
+use serde::{Deserialize, Serialize};
+
+use super::{CausalMetadata, VectorClock};
+use crate::NodeId;
+
+/// The identity of one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dot {
+    pub era: u64,
+    pub origin: NodeId,
+    pub seq: u64,
+}
+
+/// The last-writer-wins order of writes to one key.
+///
+/// Field order matters: the derived `Ord` compares era, then Lamport time, then origin and
+/// sequence number. A write stamped after another was applied at its origin has a larger
+/// Lamport time, so the order never contradicts causality, and replicas that have applied the
+/// same writes agree on the winner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Stamp {
+    pub era: u64,
+    pub lamport: u64,
+    pub origin: NodeId,
+    pub seq: u64,
+}
+
+impl Stamp {
+    pub fn dot(&self) -> Dot {
+        Dot {
+            era: self.era,
+            origin: self.origin,
+            seq: self.seq,
+        }
+    }
+}
+
+/// Whether a request with some dependencies can proceed here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// These entries (node, counter) of this shard are not applied yet.
+    Missing(VectorClock),
+    /// The token comes from a later era: this node has not seen the latest reshard.
+    FutureEra(u64),
+}
+
+/// What to do with a write replicated from a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Apply,
+    /// Already applied.
+    Duplicate,
+    /// From an earlier era: the reshard that ended that era already moved its data.
+    Stale,
+    /// An earlier write of the same origin, or a dependency, is missing.
+    Blocked,
+}
+
+#[derive(Debug, Clone)]
+pub struct Replica {
+    me: NodeId,
+    era: u64,
+    applied: VectorClock,
+    lamport: u64,
+}
+
+impl Replica {
+    pub fn new(me: NodeId, era: u64) -> Self {
+        Self {
+            me,
+            era,
+            applied: VectorClock::new(),
+            lamport: 0,
+        }
+    }
+
+    pub fn era(&self) -> u64 {
+        self.era
+    }
+
+    pub fn applied(&self) -> &VectorClock {
+        &self.applied
+    }
+
+    pub fn lamport(&self) -> u64 {
+        self.lamport
+    }
+
+    /// The last sequence number this node issued in the current era.
+    pub fn own_seq(&self) -> u64 {
+        self.applied.get(&self.me)
+    }
+
+    pub fn readiness(
+        &self,
+        deps: &CausalMetadata,
+        in_shard: impl Fn(&NodeId) -> bool,
+    ) -> Readiness {
+        if deps.era < self.era {
+            return Readiness::Ready;
+        }
+        if deps.era > self.era {
+            return Readiness::FutureEra(deps.era);
+        }
+        let missing: VectorClock = deps.clock.ahead_of(&self.applied, in_shard).collect();
+        if missing.is_empty() {
+            Readiness::Ready
+        } else {
+            Readiness::Missing(missing)
+        }
+    }
+
+    /// Stamps a write coordinated here. The caller has checked that `deps` are ready.
+    ///
+    /// The write's metadata covers the client's dependencies and everything this node has
+    /// applied, so a later write here always supersedes an earlier one, even from another client.
+    pub fn stamp_local_write(&mut self, deps: &CausalMetadata) -> (Stamp, CausalMetadata) {
+        let seq = self.own_seq() + 1;
+        self.applied.set(self.me, seq);
+        self.lamport += 1;
+        let mut clock = self.applied.clone();
+        if deps.era == self.era {
+            clock.merge(&deps.clock);
+        }
+        let stamp = Stamp {
+            era: self.era,
+            lamport: self.lamport,
+            origin: self.me,
+            seq,
+        };
+        (stamp, CausalMetadata::new(self.era, clock))
+    }
+
+    /// Decides whether a replicated write with this stamp and causal clock can be applied now.
+    pub fn admit(
+        &self,
+        stamp: &Stamp,
+        clock: &VectorClock,
+        in_shard: impl Fn(&NodeId) -> bool,
+    ) -> Admission {
+        if stamp.era < self.era {
+            return Admission::Stale;
+        }
+        if stamp.era > self.era {
+            return Admission::Blocked;
+        }
+        let have = self.applied.get(&stamp.origin);
+        if stamp.seq <= have {
+            return Admission::Duplicate;
+        }
+        if stamp.seq != have + 1 {
+            return Admission::Blocked;
+        }
+        let deps_ready = clock
+            .iter()
+            .filter(|(node, _)| **node != stamp.origin && in_shard(node))
+            .all(|(node, &v)| self.applied.get(node) >= v);
+        if deps_ready {
+            Admission::Apply
+        } else {
+            Admission::Blocked
+        }
+    }
+
+    /// Records a write admitted with [`Admission::Apply`].
+    pub fn record_applied(&mut self, stamp: &Stamp) {
+        self.applied.set(stamp.origin, stamp.seq);
+        self.lamport = self.lamport.max(stamp.lamport);
+    }
+
+    /// Takes in a peer's state after merging a snapshot of its data taken no earlier than
+    /// `applied` was read: the union of two causally closed sets is causally closed.
+    pub fn absorb(&mut self, applied: &VectorClock, lamport: u64) {
+        self.applied.merge(applied);
+        self.lamport = self.lamport.max(lamport);
+    }
+
+    /// Enters a new era after a reshard: counters restart, Lamport time carries on.
+    pub fn start_era(&mut self, era: u64) {
+        self.era = era;
+        self.applied = VectorClock::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(i: u8) -> NodeId {
+        format!("10.0.0.{i}:8080").parse().unwrap()
+    }
+
+    fn shard(node: &NodeId) -> bool {
+        [n(1), n(2), n(3)].contains(node)
+    }
+
+    #[test]
+    fn local_writes_count_up_and_cover_what_was_applied() {
+        let mut a = Replica::new(n(1), 0);
+        let (s1, m1) = a.stamp_local_write(&CausalMetadata::default());
+        let (s2, m2) = a.stamp_local_write(&CausalMetadata::default());
+        assert_eq!((s1.seq, s2.seq), (1, 2));
+        assert!(s2 > s1);
+        assert!(m2.clock.dominates(&m1.clock));
+    }
+
+    #[test]
+    fn writes_apply_in_origin_order_only() {
+        let mut a = Replica::new(n(1), 0);
+        let (s1, m1) = a.stamp_local_write(&CausalMetadata::default());
+        let (s2, m2) = a.stamp_local_write(&CausalMetadata::default());
+        let mut b = Replica::new(n(2), 0);
+        assert_eq!(b.admit(&s2, &m2.clock, shard), Admission::Blocked);
+        assert_eq!(b.admit(&s1, &m1.clock, shard), Admission::Apply);
+        b.record_applied(&s1);
+        assert_eq!(b.admit(&s1, &m1.clock, shard), Admission::Duplicate);
+        assert_eq!(b.admit(&s2, &m2.clock, shard), Admission::Apply);
+    }
+
+    #[test]
+    fn a_write_waits_for_its_dependencies_from_other_origins() {
+        // The course scenario: foo written on A, bar on B with foo's metadata; C sees bar first.
+        let mut a = Replica::new(n(1), 0);
+        let (foo, foo_meta) = a.stamp_local_write(&CausalMetadata::default());
+        let mut b = Replica::new(n(2), 0);
+        assert_eq!(
+            b.readiness(&foo_meta, shard),
+            Readiness::Missing([(n(1), 1)].into_iter().collect())
+        );
+        b.record_applied(&foo);
+        assert_eq!(b.readiness(&foo_meta, shard), Readiness::Ready);
+        let (bar, bar_meta) = b.stamp_local_write(&foo_meta);
+        assert!(bar > foo, "bar supersedes foo");
+        let mut c = Replica::new(n(3), 0);
+        assert_eq!(c.admit(&bar, &bar_meta.clock, shard), Admission::Blocked);
+        c.record_applied(&foo);
+        assert_eq!(c.admit(&bar, &bar_meta.clock, shard), Admission::Apply);
+    }
+
+    #[test]
+    fn dependencies_on_other_shards_never_block() {
+        let mut r = Replica::new(n(1), 0);
+        let deps = CausalMetadata::new(0, [(n(9), 40)].into_iter().collect());
+        assert_eq!(r.readiness(&deps, shard), Readiness::Ready);
+        let (_, meta) = r.stamp_local_write(&deps);
+        assert_eq!(meta.clock.get(&n(9)), 40, "carried on for the client");
+    }
+
+    #[test]
+    fn eras_order_tokens_and_writes() {
+        let mut r = Replica::new(n(1), 1);
+        let old = CausalMetadata::new(0, [(n(2), 5)].into_iter().collect());
+        assert_eq!(r.readiness(&old, shard), Readiness::Ready);
+        let new = CausalMetadata::new(2, VectorClock::new());
+        assert_eq!(r.readiness(&new, shard), Readiness::FutureEra(2));
+        let (s, m) = r.stamp_local_write(&old);
+        assert!(m.clock.get(&n(2)) == 0, "old-era entries are dropped");
+        let stale = Stamp { era: 0, ..s };
+        assert_eq!(r.admit(&stale, &m.clock, shard), Admission::Stale);
+        r.start_era(2);
+        assert_eq!(r.own_seq(), 0);
+        let (s2, _) = r.stamp_local_write(&CausalMetadata::default());
+        assert!(s2 > s, "later eras win and Lamport time carries on");
+    }
+
+    #[test]
+    fn absorbing_a_snapshot_moves_counters_forward_only() {
+        let mut r = Replica::new(n(1), 0);
+        r.absorb(&[(n(2), 4), (n(1), 2)].into_iter().collect(), 9);
+        r.absorb(&[(n(2), 1)].into_iter().collect(), 3);
+        assert_eq!(r.applied().get(&n(2)), 4);
+        assert_eq!(r.own_seq(), 2);
+        assert_eq!(r.lamport(), 9);
+    }
+}

@@ -1,0 +1,236 @@
+//! Node configuration from the environment of the contract (or the same flags).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::shard::MIN_REPLICAS;
+use crate::NodeId;
+
+/// The wire format of list-valued fields (see the contract).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ApiFormat {
+    /// Lists as one comma-joined string.
+    #[default]
+    Y2019,
+    /// Lists as JSON arrays of strings.
+    Y2020,
+}
+
+/// The raw command line and environment, validated by [`Config::from_args`].
+#[derive(Debug, Parser)]
+#[command(
+    name = "kvs",
+    version,
+    about = "A sharded, replicated, causally consistent key-value store node"
+)]
+pub struct Args {
+    /// ip:port at which the other nodes reach this node.
+    #[arg(long, env = "SOCKET_ADDRESS")]
+    pub socket_address: Option<String>,
+    /// Comma-separated ip:port of the nodes of the store, this node included.
+    #[arg(long, env = "VIEW")]
+    pub view: Option<String>,
+    /// Number of shards to form at first start; absent on a node that joins with add-member.
+    #[arg(long, env = "SHARD_COUNT")]
+    pub shard_count: Option<String>,
+    /// Wire format of list fields: 2019 (comma-joined strings) or 2020 (JSON arrays).
+    #[arg(long, env = "API_FORMAT", default_value = "2019")]
+    pub api_format: String,
+    /// Where HTTP (TCP) and gossip (UDP) listen; default 0.0.0.0:<port of SOCKET_ADDRESS>.
+    #[arg(long, env = "BIND_ADDRESS")]
+    pub bind_address: Option<String>,
+    /// Gossip round interval in milliseconds; failure detection takes about four rounds.
+    #[arg(long, env = "KVS_GOSSIP_INTERVAL_MS", default_value_t = 200)]
+    pub gossip_interval_ms: u64,
+    /// How long a request waits for missing causal dependencies before answering 503.
+    #[arg(long, env = "KVS_DEPENDENCY_TIMEOUT_MS", default_value_t = 5000)]
+    pub dependency_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket_address: NodeId,
+    pub view: BTreeSet<NodeId>,
+    pub shard_count: Option<u32>,
+    pub api_format: ApiFormat,
+    pub bind_address: SocketAddr,
+    pub gossip_interval: Duration,
+    pub dependency_timeout: Duration,
+}
+
+/// A configuration error: one line naming the variable at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+fn bad(variable: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        problem: problem.into(),
+    }
+}
+
+/// Empty variables (as `docker run -e SHARD_COUNT=` leaves them) count as absent.
+fn present(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn parse_addr(variable: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.trim().parse().map_err(|_| {
+        bad(
+            variable,
+            format!("'{text}' is not an ip:port socket address"),
+        )
+    })
+}
+
+impl Config {
+    pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
+        let socket_address = match present(&args.socket_address) {
+            Some(text) => parse_addr("SOCKET_ADDRESS", text)?,
+            None => return Err(bad("SOCKET_ADDRESS", "is required (ip:port of this node)")),
+        };
+        if socket_address.ip().is_unspecified() {
+            return Err(bad(
+                "SOCKET_ADDRESS",
+                "must be the node's real address, not 0.0.0.0",
+            ));
+        }
+        let view_text = present(&args.view).ok_or_else(|| {
+            bad(
+                "VIEW",
+                "is required (comma-separated ip:port of the store's nodes)",
+            )
+        })?;
+        let mut view = BTreeSet::new();
+        for part in view_text.split(',').filter(|p| !p.trim().is_empty()) {
+            view.insert(parse_addr("VIEW", part)?);
+        }
+        let shard_count = match present(&args.shard_count) {
+            None => None,
+            Some(text) => Some(parse_shard_count(text, &view, socket_address)?),
+        };
+        view.insert(socket_address);
+        let api_format = match args.api_format.trim() {
+            "" | "2019" => ApiFormat::Y2019,
+            "2020" => ApiFormat::Y2020,
+            other => {
+                return Err(bad(
+                    "API_FORMAT",
+                    format!("'{other}' is neither 2019 nor 2020"),
+                ))
+            }
+        };
+        let bind_address = match present(&args.bind_address) {
+            Some(text) => parse_addr("BIND_ADDRESS", text)?,
+            None => SocketAddr::from(([0, 0, 0, 0], socket_address.port())),
+        };
+        if args.gossip_interval_ms == 0 {
+            return Err(bad("KVS_GOSSIP_INTERVAL_MS", "must be positive"));
+        }
+        Ok(Self {
+            socket_address,
+            view,
+            shard_count,
+            api_format,
+            bind_address,
+            gossip_interval: Duration::from_millis(args.gossip_interval_ms),
+            dependency_timeout: Duration::from_millis(args.dependency_timeout_ms),
+        })
+    }
+}
+
+fn parse_shard_count(text: &str, view: &BTreeSet<NodeId>, me: NodeId) -> Result<u32, ConfigError> {
+    let count: u32 = text
+        .parse()
+        .map_err(|_| bad("SHARD_COUNT", format!("'{text}' is not a positive integer")))?;
+    if count == 0 {
+        return Err(bad("SHARD_COUNT", "must be at least 1"));
+    }
+    if !view.contains(&me) {
+        // The first shard map is computed from VIEW alone: every node must see the same VIEW.
+        return Err(bad(
+            "VIEW",
+            "must include SOCKET_ADDRESS when SHARD_COUNT is set",
+        ));
+    }
+    if view.len() < MIN_REPLICAS * count as usize {
+        return Err(bad(
+            "VIEW",
+            format!(
+                "{} nodes cannot form {count} shards of at least {MIN_REPLICAS} (SHARD_COUNT={count})",
+                view.len()
+            ),
+        ));
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(socket: Option<&str>, view: Option<&str>, shards: Option<&str>) -> Args {
+        Args {
+            socket_address: socket.map(Into::into),
+            view: view.map(Into::into),
+            shard_count: shards.map(Into::into),
+            api_format: "2019".into(),
+            bind_address: None,
+            gossip_interval_ms: 200,
+            dependency_timeout_ms: 5000,
+        }
+    }
+
+    const VIEW: &str = "10.10.0.2:8080,10.10.0.3:8080,10.10.0.4:8080,10.10.0.5:8080";
+
+    #[test]
+    fn a_good_configuration_parses() {
+        let c = Config::from_args(&args(Some("10.10.0.2:8080"), Some(VIEW), Some("2"))).unwrap();
+        assert_eq!(c.view.len(), 4);
+        assert_eq!(c.shard_count, Some(2));
+        assert_eq!(c.bind_address.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.api_format, ApiFormat::Y2019);
+    }
+
+    #[test]
+    fn each_error_names_its_variable() {
+        let cases = [
+            (args(None, Some(VIEW), Some("2")), "SOCKET_ADDRESS"),
+            (args(Some("nope"), Some(VIEW), Some("2")), "SOCKET_ADDRESS"),
+            (args(Some("10.10.0.2:8080"), None, Some("2")), "VIEW"),
+            (
+                args(Some("10.10.0.2:8080"), Some("10.10.0.2:8080,x"), None),
+                "VIEW",
+            ),
+            (
+                args(Some("10.10.0.2:8080"), Some(VIEW), Some("0")),
+                "SHARD_COUNT",
+            ),
+            (
+                args(Some("10.10.0.2:8080"), Some(VIEW), Some("two")),
+                "SHARD_COUNT",
+            ),
+            (args(Some("10.10.0.2:8080"), Some(VIEW), Some("3")), "VIEW"),
+            (args(Some("10.10.0.9:8080"), Some(VIEW), Some("2")), "VIEW"),
+        ];
+        for (a, variable) in cases {
+            let err = Config::from_args(&a).unwrap_err();
+            assert_eq!(err.variable, variable, "{err}");
+            assert!(!err.to_string().contains('\n'));
+        }
+    }
+
+    #[test]
+    fn a_joining_node_needs_no_shard_count_and_is_added_to_its_view() {
+        let c = Config::from_args(&args(Some("10.10.0.8:8080"), Some(VIEW), Some(""))).unwrap();
+        assert_eq!(c.shard_count, None);
+        assert!(c.view.contains(&"10.10.0.8:8080".parse().unwrap()));
+    }
+}

@@ -1,0 +1,41 @@
+//! The library's error type. The HTTP edge (`http::reply`) maps each variant to the contract's
+//! status code and JSON body.
+
+use crate::shard::ShardId;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum KvsError {
+    #[error("Key does not exist")]
+    KeyNotFound,
+    #[error("Key is too long")]
+    KeyTooLong,
+    #[error("Value is missing")]
+    ValueMissing,
+    #[error("Invalid causal metadata")]
+    InvalidMetadata,
+    /// A malformed request; the text says what is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Unable to satisfy request")]
+    Unavailable,
+    #[error("Causal dependencies not satisfied")]
+    DependenciesMissing,
+    #[error("Shard ID does not exist")]
+    UnknownShard,
+    #[error("Node is not a member of any shard")]
+    NotAMember,
+    #[error("Not enough nodes to provide fault-tolerance with the given shard count!")]
+    NotEnoughNodes,
+    #[error("Socket address already exists in the view")]
+    AlreadyInView,
+    #[error("Socket address does not exist in the view")]
+    NotInView,
+    /// Another administrative change is under way, or won a race with this one.
+    #[error("{0}")]
+    Conflict(String),
+    /// The key belongs to another shard under this node's map: forward the request there.
+    #[error("Key belongs to shard {0}")]
+    NotOwner(ShardId),
+}
+
+pub type Result<T, E = KvsError> = std::result::Result<T, E>;

@@ -1,0 +1,82 @@
+//! The HTTP surface: the client contract (`kv`, `view`, `shard`) and the endpoints nodes use
+//! among themselves (`internal`).
+
+mod internal;
+mod kv;
+pub mod reply;
+mod shard;
+mod view;
+
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpRequest, HttpServer};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use serde_json::{Map, Value};
+
+use crate::node::Node;
+use crate::peer::FORWARDED_HEADER;
+
+/// The largest client request body accepted (413 beyond).
+pub const BODY_LIMIT: usize = 1 << 20;
+/// Internal messages carry batches of records.
+const INTERNAL_BODY_LIMIT: usize = 256 << 20;
+
+pub fn server(node: Arc<Node>) -> std::io::Result<Server> {
+    let bind = node.config.bind_address;
+    let data = web::Data::new(node);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::JsonConfig::default().limit(INTERNAL_BODY_LIMIT))
+            .route("/key-value-store/{key:.*}", web::route().to(kv::handle))
+            .route("/key-value-store-view", web::route().to(view::handle))
+            .configure(shard::routes)
+            .configure(internal::routes)
+            .default_service(web::to(|req: HttpRequest| async move {
+                reply::not_found(req.method().as_str())
+            }))
+    })
+    .workers(2)
+    .backlog(4096)
+    .keep_alive(std::time::Duration::from_secs(75))
+    .disable_signals()
+    .bind(bind)?
+    .run();
+    Ok(server)
+}
+
+/// Reads a request body up to [`BODY_LIMIT`] bytes.
+pub async fn read_body(mut payload: web::Payload) -> Result<Bytes, ()> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ())?;
+        if body.len() + chunk.len() > BODY_LIMIT {
+            return Err(());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// How many nodes a request has passed through (0 for a client's).
+pub fn hops(req: &HttpRequest) -> u32 {
+    req.headers()
+        .get(FORWARDED_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Parses a body as a JSON object; an empty body is an empty object.
+pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err("Request body must be a JSON object".into()),
+        Err(_) => Err("Request body is not valid JSON".into()),
+    }
+}

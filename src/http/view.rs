@@ -1,0 +1,94 @@
+//! `/key-value-store-view`: the live nodes, and administrative additions and removals.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use super::reply::{self, Op};
+use super::{hops, json_object, read_body, BODY_LIMIT};
+use crate::error::KvsError;
+use crate::node::Node;
+use crate::replication::protocol::{Done as OkReply, ViewChange, PATH_VIEW};
+use crate::NodeId;
+
+/// Reads `socket-address` from a body, with an error that says what is wrong.
+pub fn socket_address(body: &[u8]) -> Result<NodeId, KvsError> {
+    let fields = json_object(body).map_err(KvsError::BadRequest)?;
+    match fields.get("socket-address") {
+        None | Some(Value::Null) => Err(KvsError::BadRequest("socket-address is missing".into())),
+        Some(Value::String(text)) => text.trim().parse().map_err(|_| {
+            KvsError::BadRequest(format!("socket-address '{text}' is not an ip:port address"))
+        }),
+        Some(_) => Err(KvsError::BadRequest(
+            "socket-address must be a string".into(),
+        )),
+    }
+}
+
+pub async fn handle(
+    req: HttpRequest,
+    payload: web::Payload,
+    node: web::Data<Arc<Node>>,
+) -> HttpResponse {
+    let Some(op) = Op::from_method(req.method()) else {
+        return reply::method_not_allowed(req.method().as_str());
+    };
+    if op == Op::Get {
+        let view: Vec<String> = node
+            .membership
+            .view()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        return reply::ok(json!({
+            "message": "View retrieved successfully",
+            "view": view.join(","),
+        }));
+    }
+    let Ok(body) = read_body(payload).await else {
+        return reply::too_large(op.name(), BODY_LIMIT);
+    };
+    let address = match socket_address(&body) {
+        Ok(a) => a,
+        Err(e) => return reply::error(op, &e),
+    };
+    let add = op == Op::Put;
+    let result = if add {
+        node.membership.add_to_view(address)
+    } else {
+        node.membership.remove_from_view(address)
+    };
+    if let Err(e) = result {
+        return reply::error(op, &e);
+    }
+    if hops(&req) == 0 {
+        tokio::spawn(relay_change(node.get_ref().clone(), add, address));
+    }
+    if add {
+        reply::json(
+            StatusCode::CREATED,
+            json!({"message": "Replica added successfully to the view"}),
+        )
+    } else {
+        reply::ok(json!({"message": "Replica deleted successfully from the view"}))
+    }
+}
+
+/// Tells the other live nodes of an administrative view change (best effort).
+async fn relay_change(node: Arc<Node>, add: bool, address: NodeId) {
+    let change = ViewChange { add, node: address };
+    let others: Vec<NodeId> = node
+        .membership
+        .up_nodes()
+        .into_iter()
+        .filter(|n| *n != node.me && *n != address)
+        .collect();
+    for peer in others {
+        let _ = node
+            .peers
+            .call::<_, OkReply>(peer, PATH_VIEW, &change, std::time::Duration::from_secs(2))
+            .await;
+    }
+}

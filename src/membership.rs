@@ -1,0 +1,297 @@
+//! Cluster membership by gossip (chitchat): who is up, and the small state each node
+//! advertises (its shard map and how far it has applied writes).
+//!
+//! Chitchat's phi-accrual failure detector judges liveness from heartbeats; this module turns
+//! its view into a plain [`LiveSet`] on a watch channel, so the rest of the node never touches
+//! the gossip library. The administrative view endpoints layer a [`ViewAdmin`] on top.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chitchat::transport::UdpTransport;
+use chitchat::{
+    spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
+    ProtocolVersion,
+};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::error::KvsError;
+use crate::NodeId;
+
+/// Gossip key holding the node's shard map (JSON).
+pub const KEY_MAP: &str = "map";
+/// Gossip key holding the node's applied clock (a causal-metadata token).
+pub const KEY_APPLIED: &str = "applied";
+
+/// What one live node advertises.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerState {
+    pub generation: u64,
+    pub map: Option<String>,
+    pub applied: Option<String>,
+}
+
+/// The nodes the failure detector believes alive, this node included.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveSet {
+    pub nodes: BTreeMap<NodeId, PeerState>,
+}
+
+/// How long an address added with `PUT /key-value-store-view` stays in the view without
+/// ever gossiping.
+const DECLARED_GRACE: Duration = Duration::from_secs(30);
+
+/// Administrative changes to the view: addresses an administrator added before they gossip,
+/// and nodes an administrator removed, which stay out until they restart.
+#[derive(Debug, Default)]
+pub struct ViewAdmin {
+    declared: HashMap<NodeId, Instant>,
+    removed: HashMap<NodeId, u64>,
+}
+
+impl ViewAdmin {
+    pub fn view(&self, live: &LiveSet, now: Instant) -> BTreeSet<NodeId> {
+        let mut view: BTreeSet<NodeId> = live
+            .nodes
+            .iter()
+            .filter(|(node, state)| self.removed.get(node) != Some(&state.generation))
+            .map(|(node, _)| *node)
+            .collect();
+        view.extend(
+            self.declared
+                .iter()
+                .filter(|(_, &since)| now.duration_since(since) < DECLARED_GRACE)
+                .map(|(node, _)| *node),
+        );
+        view
+    }
+
+    pub fn add(&mut self, live: &LiveSet, node: NodeId, now: Instant) -> Result<(), KvsError> {
+        if self.view(live, now).contains(&node) {
+            return Err(KvsError::AlreadyInView);
+        }
+        self.removed.remove(&node);
+        self.declared.insert(node, now);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, live: &LiveSet, node: NodeId, now: Instant) -> Result<(), KvsError> {
+        if !self.view(live, now).contains(&node) {
+            return Err(KvsError::NotInView);
+        }
+        self.declared.remove(&node);
+        if let Some(state) = live.nodes.get(&node) {
+            self.removed.insert(node, state.generation);
+        }
+        Ok(())
+    }
+}
+
+pub struct Membership {
+    handle: ChitchatHandle,
+    me: NodeId,
+    live: watch::Receiver<LiveSet>,
+    admin: Mutex<ViewAdmin>,
+}
+
+impl Membership {
+    /// Starts gossiping on the bind address (UDP, same port as HTTP), seeded from `VIEW`.
+    pub async fn start(config: &Config, initial: Vec<(String, String)>) -> anyhow::Result<Self> {
+        let me = config.socket_address;
+        let generation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(me.to_string(), generation, me),
+            cluster_id: "kvs".to_string(),
+            gossip_interval: config.gossip_interval,
+            listen_addr: config.bind_address,
+            seed_nodes: config
+                .view
+                .iter()
+                .filter(|n| **n != me)
+                .map(ToString::to_string)
+                .collect(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: 8.0,
+                sampling_window_size: 1000,
+                max_interval: Duration::from_secs(10),
+                // The default (5 s) makes a new peer's first detection about six times slower.
+                initial_interval: config.gossip_interval,
+                dead_node_grace_period: Duration::from_secs(3600),
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V0,
+        };
+        let handle = spawn_chitchat(chitchat_config, initial, &UdpTransport).await?;
+        let (tx, live) = watch::channel(LiveSet::default());
+        let watcher = handle.with_chitchat(|c| c.live_nodes_watcher()).await;
+        tokio::spawn(follow_live_nodes(watcher, tx, me, generation));
+        Ok(Self {
+            handle,
+            me,
+            live,
+            admin: Mutex::new(ViewAdmin::default()),
+        })
+    }
+
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<LiveSet> {
+        self.live.clone()
+    }
+
+    pub fn live_set(&self) -> LiveSet {
+        self.live.borrow().clone()
+    }
+
+    /// Live nodes, less those an administrator removed.
+    pub fn up_nodes(&self) -> BTreeSet<NodeId> {
+        let live = self.live.borrow();
+        let admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        live.nodes
+            .iter()
+            .filter(|(n, s)| admin.removed.get(n) != Some(&s.generation))
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    pub fn is_up(&self, node: &NodeId) -> bool {
+        *node == self.me || self.up_nodes().contains(node)
+    }
+
+    /// The view as the view endpoints report it.
+    pub fn view(&self) -> BTreeSet<NodeId> {
+        let admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        admin.view(&self.live.borrow(), Instant::now())
+    }
+
+    pub fn add_to_view(&self, node: NodeId) -> Result<(), KvsError> {
+        let mut admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        admin.add(&self.live.borrow(), node, Instant::now())
+    }
+
+    pub fn remove_from_view(&self, node: NodeId) -> Result<(), KvsError> {
+        let mut admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        admin.remove(&self.live.borrow(), node, Instant::now())
+    }
+
+    /// Advertises a key-value pair to every node.
+    pub async fn publish(&self, key: &str, value: String) {
+        self.handle
+            .with_chitchat(|c| c.self_node_state().set(key, value.clone()))
+            .await;
+    }
+}
+
+/// Mirrors chitchat's live-node watch into a [`LiveSet`], keeping only the newest incarnation
+/// of each node (a restarted node's old generation lingers among chitchat's dead nodes).
+async fn follow_live_nodes(
+    mut watcher: watch::Receiver<BTreeMap<ChitchatId, chitchat::NodeState>>,
+    tx: watch::Sender<LiveSet>,
+    me: NodeId,
+    generation: u64,
+) {
+    loop {
+        let set = {
+            let nodes = watcher.borrow_and_update();
+            let mut set = LiveSet::default();
+            set.nodes.insert(
+                me,
+                PeerState {
+                    generation,
+                    ..Default::default()
+                },
+            );
+            for (id, state) in nodes.iter() {
+                let Ok(node) = id.node_id.parse::<NodeId>() else {
+                    continue;
+                };
+                if node == me {
+                    continue;
+                }
+                let peer = PeerState {
+                    generation: id.generation_id,
+                    map: state.get(KEY_MAP).map(str::to_owned),
+                    applied: state.get(KEY_APPLIED).map(str::to_owned),
+                };
+                let newer = set
+                    .nodes
+                    .get(&node)
+                    .is_none_or(|p| p.generation < peer.generation);
+                if newer {
+                    set.nodes.insert(node, peer);
+                }
+            }
+            set
+        };
+        tx.send_if_modified(|current| {
+            if *current != set {
+                *current = set;
+                true
+            } else {
+                false
+            }
+        });
+        if watcher.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(i: u8) -> NodeId {
+        format!("10.0.0.{i}:8080").parse().unwrap()
+    }
+
+    fn live(nodes: &[(u8, u64)]) -> LiveSet {
+        LiveSet {
+            nodes: nodes
+                .iter()
+                .map(|&(i, generation)| {
+                    (
+                        n(i),
+                        PeerState {
+                            generation,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn removed_nodes_stay_out_until_they_restart() {
+        let mut admin = ViewAdmin::default();
+        let now = Instant::now();
+        let set = live(&[(1, 1), (2, 1)]);
+        admin.remove(&set, n(2), now).unwrap();
+        assert_eq!(admin.view(&set, now), [n(1)].into());
+        assert_eq!(admin.remove(&set, n(2), now), Err(KvsError::NotInView));
+        let restarted = live(&[(1, 1), (2, 2)]);
+        assert_eq!(admin.view(&restarted, now), [n(1), n(2)].into());
+    }
+
+    #[test]
+    fn declared_nodes_show_until_the_grace_ends() {
+        let mut admin = ViewAdmin::default();
+        let now = Instant::now();
+        let set = live(&[(1, 1)]);
+        admin.add(&set, n(5), now).unwrap();
+        assert_eq!(admin.add(&set, n(5), now), Err(KvsError::AlreadyInView));
+        assert_eq!(admin.add(&set, n(1), now), Err(KvsError::AlreadyInView));
+        assert!(admin.view(&set, now).contains(&n(5)));
+        assert!(!admin.view(&set, now + DECLARED_GRACE).contains(&n(5)));
+    }
+}

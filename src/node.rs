@@ -1,0 +1,510 @@
+//! A node's shared state and its local operations: serving keys of its own shard, applying
+//! replicated writes, answering pulls, and installing new shard maps.
+//!
+//! The background work that keeps replicas together lives in `replication`, the
+//! administrative changes in `admin`, and the HTTP surface in `http`; all of them act through
+//! the methods here.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::{watch, Notify, OwnedRwLockWriteGuard, RwLock};
+use tokio::time::Instant;
+
+use crate::causal::{Admission, CausalMetadata, Readiness, Replica};
+use crate::config::Config;
+use crate::error::{KvsError, Result};
+use crate::membership::{Membership, KEY_MAP};
+use crate::peer::Peers;
+use crate::replication::outbox::Outbox;
+use crate::replication::protocol::{ReplicateAck, ReplicateBatch, SyncRequest, SyncResponse};
+use crate::shard::{ShardId, ShardMap};
+use crate::storage::{Entry, Record, Store};
+use crate::NodeId;
+
+/// Own writes kept for pushing to peers; a peer further behind pulls a delta instead.
+const OUTBOX_CAPACITY: usize = 100_000;
+/// How long a write waits while a reshard has writes frozen.
+pub const FREEZE_WAIT: Duration = Duration::from_secs(30);
+/// How long a request waits for this node to learn a shard map it was told exists.
+const MAP_WAIT: Duration = Duration::from_secs(5);
+
+/// Where a key's requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This node is a member of the key's shard.
+    Local(ShardId),
+    /// Forward to one of these members, in this order.
+    Remote(ShardId, Vec<NodeId>),
+}
+
+/// The result of a write applied here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    pub created: bool,
+    pub metadata: String,
+    pub shard: ShardId,
+}
+
+/// A reshard this node has prepared for: writes are frozen until commit or abort.
+pub struct PendingReshard {
+    pub map: ShardMap,
+    pub since: Instant,
+    pub _writes_frozen: OwnedRwLockWriteGuard<()>,
+}
+
+pub struct Node {
+    pub config: Config,
+    pub me: NodeId,
+    pub store: Store,
+    replica: Mutex<Replica>,
+    /// Bumped whenever `applied` or the map changes: what dependency waits wait on.
+    progress: watch::Sender<u64>,
+    map: watch::Sender<Arc<ShardMap>>,
+    /// Whether this node has taken in a full copy of its shard since it joined it (or since
+    /// it started): until then it does not coordinate writes.
+    synced: AtomicBool,
+    pub outbox: Outbox,
+    pub membership: Membership,
+    pub peers: Peers,
+    write_gate: Arc<RwLock<()>>,
+    pub(crate) pending: Mutex<Option<PendingReshard>>,
+    /// Wakes the anti-entropy loop for an immediate pull.
+    pub(crate) pull_wanted: Notify,
+    /// Serializes administrative changes coordinated by this node.
+    pub(crate) admin: tokio::sync::Mutex<()>,
+    /// For each peer, how far it has acknowledged this node's writes: (era, seq).
+    pub(crate) acks: DashMap<NodeId, (u64, u64)>,
+    next_forward: AtomicUsize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Node {
+    pub fn new(config: Config, membership: Membership, map: ShardMap) -> Self {
+        let me = config.socket_address;
+        let era = map.era;
+        Self {
+            me,
+            store: Store::new(),
+            replica: Mutex::new(Replica::new(me, era)),
+            progress: watch::channel(0).0,
+            map: watch::channel(Arc::new(map)).0,
+            synced: AtomicBool::new(false),
+            outbox: Outbox::new(OUTBOX_CAPACITY),
+            membership,
+            peers: Peers::new(),
+            write_gate: Arc::new(RwLock::new(())),
+            pending: Mutex::new(None),
+            pull_wanted: Notify::new(),
+            admin: tokio::sync::Mutex::new(()),
+            acks: DashMap::new(),
+            next_forward: AtomicUsize::new(0),
+            config,
+        }
+    }
+
+    pub fn map(&self) -> Arc<ShardMap> {
+        self.map.borrow().clone()
+    }
+
+    pub fn subscribe_map(&self) -> watch::Receiver<Arc<ShardMap>> {
+        self.map.subscribe()
+    }
+
+    pub fn my_shard(&self) -> Option<ShardId> {
+        self.map().shard_of(&self.me)
+    }
+
+    /// The members of this node's shard other than itself.
+    pub fn shard_peers(&self) -> BTreeSet<NodeId> {
+        let map = self.map();
+        map.shard_of(&self.me)
+            .and_then(|s| map.members(s))
+            .map(|m| m.iter().filter(|n| **n != self.me).copied().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub fn mark_synced(&self) {
+        if !self.synced.swap(true, Ordering::AcqRel) {
+            self.bump_progress();
+        }
+    }
+
+    fn bump_progress(&self) {
+        self.progress.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// (era, applied clock) as this node advertises it by gossip.
+    pub fn applied_summary(&self) -> CausalMetadata {
+        let replica = lock(&self.replica);
+        CausalMetadata::new(replica.era(), replica.applied().clone())
+    }
+
+    pub fn own_last_seq(&self) -> (u64, u64) {
+        let replica = lock(&self.replica);
+        (replica.era(), replica.own_seq())
+    }
+
+    /// Decides where requests for `key` go under the current map.
+    pub fn route(&self, key: &str) -> Result<Route> {
+        let map = self.map();
+        let shard = map.shard_for_key(key).ok_or(KvsError::Unavailable)?;
+        let members = map.members(shard).ok_or(KvsError::Unavailable)?;
+        if members.contains(&self.me) {
+            return Ok(Route::Local(shard));
+        }
+        Ok(Route::Remote(shard, self.forwarding_order(members)))
+    }
+
+    /// Live members first, rotated so that forwarded load spreads over the shard.
+    pub fn forwarding_order(&self, members: &BTreeSet<NodeId>) -> Vec<NodeId> {
+        let up = self.membership.up_nodes();
+        let (mut live, down): (Vec<NodeId>, Vec<NodeId>) =
+            members.iter().partition(|n| up.contains(n));
+        if !live.is_empty() {
+            let turn = self.next_forward.fetch_add(1, Ordering::Relaxed) % live.len();
+            live.rotate_left(turn);
+        }
+        live.extend(down);
+        live
+    }
+
+    fn shard_filter(map: &ShardMap, me: &NodeId) -> impl Fn(&NodeId) -> bool {
+        let members = map
+            .shard_of(me)
+            .and_then(|s| map.members(s))
+            .cloned()
+            .unwrap_or_default();
+        move |n| members.contains(n)
+    }
+
+    /// Waits (bounded) until this node has applied every write of its shard that `deps`
+    /// covers, fetching what it lacks from its peers.
+    pub async fn await_dependencies(&self, deps: &CausalMetadata) -> Result<()> {
+        let deadline = Instant::now() + self.config.dependency_timeout;
+        let mut progress = self.progress.subscribe();
+        let mut asked = false;
+        loop {
+            let readiness = {
+                let map = self.map();
+                let in_shard = Self::shard_filter(&map, &self.me);
+                let ready = lock(&self.replica).readiness(deps, in_shard);
+                ready
+            };
+            match readiness {
+                Readiness::Ready => return Ok(()),
+                Readiness::Missing(_) | Readiness::FutureEra(_) if !asked => {
+                    // Pushes usually arrive within milliseconds; pull if they do not.
+                    asked = true;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(30), progress.changed()).await;
+                    self.pull_wanted.notify_one();
+                    continue;
+                }
+                _ => {}
+            }
+            if tokio::time::timeout_at(deadline, progress.changed())
+                .await
+                .is_err()
+            {
+                return Err(KvsError::DependenciesMissing);
+            }
+            self.pull_wanted.notify_one();
+        }
+    }
+
+    /// Waits (bounded) until a restarted or newly added node holds its shard's data.
+    async fn await_synced(&self) -> Result<()> {
+        if self.is_synced() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.config.dependency_timeout;
+        let mut progress = self.progress.subscribe();
+        while !self.is_synced() {
+            self.pull_wanted.notify_one();
+            if tokio::time::timeout_at(deadline, progress.changed())
+                .await
+                .is_err()
+            {
+                return Err(KvsError::Unavailable);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded) until this node knows a map of at least `epoch`.
+    pub async fn await_epoch(&self, epoch: u64) -> bool {
+        let mut maps = self.map.subscribe();
+        tokio::time::timeout(MAP_WAIT, maps.wait_for(|m| m.epoch >= epoch))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    pub async fn read(&self, key: &str, deps: &CausalMetadata) -> Result<Entry> {
+        self.await_dependencies(deps).await?;
+        self.await_synced().await?;
+        if let Route::Remote(shard, _) = self.route(key)? {
+            return Err(KvsError::NotOwner(shard));
+        }
+        match self.store.get(key) {
+            Some(entry) if entry.is_live() => Ok(entry),
+            _ => Err(KvsError::KeyNotFound),
+        }
+    }
+
+    /// Applies a client's PUT (`Some(value)`) or DELETE (`None`) coordinated here.
+    pub async fn write(
+        &self,
+        key: &str,
+        value: Option<String>,
+        deps: &CausalMetadata,
+    ) -> Result<WriteOutcome> {
+        self.await_dependencies(deps).await?;
+        self.await_synced().await?;
+        let _gate = tokio::time::timeout(FREEZE_WAIT, self.write_gate.read())
+            .await
+            .map_err(|_| KvsError::Unavailable)?;
+        let shard = match self.route(key)? {
+            Route::Local(shard) => shard,
+            Route::Remote(shard, _) => return Err(KvsError::NotOwner(shard)),
+        };
+        let outcome = {
+            let mut replica = lock(&self.replica);
+            let existed = self.store.is_live(key);
+            if value.is_none() && !existed {
+                return Err(KvsError::KeyNotFound);
+            }
+            let (stamp, metadata) = replica.stamp_local_write(deps);
+            let token = metadata.encode();
+            let entry = Entry {
+                value,
+                stamp,
+                metadata: token.clone(),
+            };
+            self.store.merge(key, entry.clone());
+            self.outbox.push(
+                stamp.era,
+                stamp.seq,
+                Arc::new(Record {
+                    key: key.to_owned(),
+                    entry,
+                }),
+            );
+            WriteOutcome {
+                created: !existed,
+                metadata: token,
+                shard,
+            }
+        };
+        self.bump_progress();
+        Ok(outcome)
+    }
+
+    /// Applies a peer's push, in order, as far as causality allows.
+    pub fn apply_batch(&self, batch: ReplicateBatch) -> ReplicateAck {
+        let map = self.map();
+        let in_shard = Self::shard_filter(&map, &self.me);
+        let mut replica = lock(&self.replica);
+        let before = replica.applied().get(&batch.origin);
+        let mut blocked = false;
+        if batch.era == replica.era() {
+            for record in &batch.records {
+                let Ok(metadata) = CausalMetadata::decode(&record.entry.metadata) else {
+                    log::warn!("dropping a record from {} with bad metadata", batch.origin);
+                    continue;
+                };
+                match replica.admit(&record.entry.stamp, &metadata.clock, &in_shard) {
+                    Admission::Apply => {
+                        self.store.merge(&record.key, record.entry.clone());
+                        replica.record_applied(&record.entry.stamp);
+                    }
+                    Admission::Duplicate | Admission::Stale => {}
+                    Admission::Blocked => {
+                        blocked = true;
+                        break;
+                    }
+                }
+            }
+        } else {
+            blocked = batch.era > replica.era();
+        }
+        let ack = ReplicateAck {
+            era: replica.era(),
+            applied: replica.applied().get(&batch.origin),
+            blocked,
+        };
+        drop(replica);
+        if ack.applied != before {
+            self.bump_progress();
+        }
+        if blocked {
+            self.pull_wanted.notify_one();
+        }
+        ack
+    }
+
+    /// Answers a peer's pull. The applied clock is read before the records are collected, so
+    /// the records cover at least what the clock claims.
+    pub fn snapshot_for(&self, request: &SyncRequest) -> SyncResponse {
+        let map = self.map();
+        let (era, applied, lamport) = {
+            let replica = lock(&self.replica);
+            (replica.era(), replica.applied().clone(), replica.lamport())
+        };
+        let records = if request.full || request.era != era {
+            let mine = map.shard_of(&self.me);
+            self.store
+                .records_where(|key, _| mine.is_some() && map.shard_for_key(key) == mine)
+        } else {
+            self.store.delta(era, &request.applied)
+        };
+        SyncResponse {
+            epoch: map.epoch,
+            era,
+            applied,
+            lamport,
+            records,
+        }
+    }
+
+    /// Takes in a peer's answer to a pull. Returns false if it belongs to another era.
+    pub fn absorb_snapshot(&self, response: SyncResponse) -> bool {
+        let mut replica = lock(&self.replica);
+        if response.era != replica.era() {
+            return false;
+        }
+        let map = self.map();
+        let mine = map.shard_of(&self.me);
+        for record in response.records {
+            if mine.is_some() && map.shard_for_key(&record.key) == mine {
+                self.store.merge(&record.key, record.entry);
+            }
+        }
+        replica.absorb(&response.applied, response.lamport);
+        drop(replica);
+        self.bump_progress();
+        true
+    }
+
+    /// Takes in records handed over outside the causal streams (reshard, hand-off).
+    pub fn absorb_records(&self, records: Vec<Record>) {
+        for record in records {
+            self.store.merge(&record.key, record.entry);
+        }
+    }
+
+    pub fn pull_request(&self, full: bool) -> SyncRequest {
+        let summary = self.applied_summary();
+        SyncRequest {
+            era: summary.era,
+            applied: summary.clock,
+            full: full || !self.is_synced(),
+        }
+    }
+
+    /// Installs `next` if it supersedes the current map. `transferred` says the keys this node
+    /// owns under `next` are already here (a reshard commit); otherwise a change of shard or
+    /// era means this node must take in a full copy of its new shard.
+    pub fn install_map(&self, next: ShardMap, transferred: bool) -> bool {
+        let current = self.map();
+        if !next.supersedes(&current) {
+            return false;
+        }
+        let era_changed = next.era != current.era;
+        let shard_changed = next.shard_of(&self.me) != current.shard_of(&self.me);
+        log::info!(
+            "shard map epoch {} -> {} (era {}), my shard {:?}",
+            current.epoch,
+            next.epoch,
+            next.era,
+            next.shard_of(&self.me)
+        );
+        {
+            let mut replica = lock(&self.replica);
+            if era_changed {
+                replica.start_era(next.era);
+            }
+            self.map.send_replace(Arc::new(next));
+        }
+        if era_changed || shard_changed {
+            self.synced.store(transferred, Ordering::Release);
+            self.acks.clear();
+        }
+        self.outbox.wake_all();
+        self.bump_progress();
+        self.pull_wanted.notify_one();
+        true
+    }
+
+    /// The map as published by gossip.
+    pub fn map_gossip(&self) -> (String, String) {
+        (
+            KEY_MAP.to_owned(),
+            serde_json::to_string(&*self.map()).unwrap_or_default(),
+        )
+    }
+
+    /// Freezes client writes for a reshard; held until commit or abort.
+    pub async fn freeze_writes(&self, timeout: Duration) -> Option<OwnedRwLockWriteGuard<()>> {
+        tokio::time::timeout(timeout, self.write_gate.clone().write_owned())
+            .await
+            .ok()
+    }
+
+    pub fn pending_map(&self) -> Option<ShardMap> {
+        lock(&self.pending).as_ref().map(|p| p.map.clone())
+    }
+
+    pub fn has_pending_reshard(&self) -> bool {
+        lock(&self.pending).is_some()
+    }
+
+    pub fn set_pending(&self, pending: Option<PendingReshard>) {
+        *lock(&self.pending) = pending;
+    }
+
+    pub fn take_pending(&self) -> Option<PendingReshard> {
+        lock(&self.pending).take()
+    }
+
+    /// The epoch of a reshard prepared here longer than `limit` ago.
+    pub fn pending_since(&self, limit: Duration) -> Option<u64> {
+        lock(&self.pending)
+            .as_ref()
+            .filter(|p| p.since.elapsed() > limit)
+            .map(|p| p.map.epoch)
+    }
+
+    /// Keys this node holds but does not own under the current map.
+    pub fn foreign_records(&self) -> Vec<Record> {
+        let map = self.map();
+        let mine = map.shard_of(&self.me);
+        self.store
+            .records_where(|key, _| mine.is_none() || map.shard_for_key(key) != mine)
+    }
+
+    /// Drops the keys this node does not own under the current map.
+    pub fn drop_foreign_keys(&self) {
+        let map = self.map();
+        let mine = map.shard_of(&self.me);
+        self.store
+            .retain(|key| mine.is_some() && map.shard_for_key(key) == mine);
+    }
+
+    pub fn live_key_count(&self) -> usize {
+        let map = self.map();
+        let mine = map.shard_of(&self.me);
+        self.store
+            .live_count(|key| mine.is_some() && map.shard_for_key(key) == mine)
+    }
+}

@@ -1,0 +1,129 @@
+//! The HTTP client every node uses to talk to its peers: internal RPCs and request forwarding.
+//!
+//! One `reqwest` client keeps pooled keep-alive connections per peer, so forwarding and
+//! replication never pay a TCP handshake per request. Every call has a timeout.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::NodeId;
+
+/// A header marking requests between nodes, with the number of hops so far.
+pub const FORWARDED_HEADER: &str = "x-kvs-hops";
+/// Forwarding stops after this many hops (maps in flux can bounce a request once or twice).
+pub const MAX_HOPS: u32 = 4;
+/// A header carrying the forwarding node's map epoch, so that a receiver with an older map
+/// waits to learn the newer one instead of bouncing the request back.
+pub const EPOCH_HEADER: &str = "x-kvs-epoch";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("{peer} unreachable: {reason}")]
+    Unreachable { peer: NodeId, reason: String },
+    #[error("{peer} answered {status}: {body}")]
+    Status {
+        peer: NodeId,
+        status: u16,
+        body: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Peers {
+    client: reqwest::Client,
+}
+
+impl Default for Peers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Peers {
+    pub fn new() -> Self {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_millis(1000))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .build()
+            .expect("a plain HTTP client always builds");
+        Self { client }
+    }
+
+    /// POSTs `body` as JSON to an internal endpoint and decodes the JSON answer.
+    pub async fn call<Req, Resp>(
+        &self,
+        peer: NodeId,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let unreachable = |e: reqwest::Error| PeerError::Unreachable {
+            peer,
+            reason: e.to_string(),
+        };
+        let response = self
+            .client
+            .post(format!("http://{peer}{path}"))
+            .header(FORWARDED_HEADER, "1")
+            .json(body)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(unreachable)?;
+        if !status.is_success() {
+            return Err(PeerError::Status {
+                peer,
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| PeerError::Status {
+            peer,
+            status: status.as_u16(),
+            body: format!("undecodable answer: {e}"),
+        })
+    }
+
+    /// Sends a client's request on to `peer` unchanged and returns its status and body.
+    pub async fn relay(
+        &self,
+        peer: NodeId,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Bytes,
+        hops: u32,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), PeerError> {
+        let unreachable = |e: reqwest::Error| PeerError::Unreachable {
+            peer,
+            reason: e.to_string(),
+        };
+        let response = self
+            .client
+            .request(method, format!("http://{peer}{path_and_query}"))
+            .header(FORWARDED_HEADER, hops.to_string())
+            .header(EPOCH_HEADER, epoch.to_string())
+            .header("content-type", "application/json")
+            .body(body)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(unreachable)?;
+        Ok((status, bytes))
+    }
+}

@@ -1,0 +1,19 @@
+//! Replication inside a shard: pushing own writes to peers (`push`), pulling what is missing
+//! (`pull`), the bounded outbox they share, and the messages on the wire (`protocol`).
+
+pub mod outbox;
+pub mod protocol;
+pub mod pull;
+pub mod push;
+
+use std::sync::Arc;
+
+use crate::node::Node;
+
+/// Starts the background tasks that keep this node's shard replicated.
+pub fn spawn_background(node: &Arc<Node>) {
+    tokio::spawn(push::manage_pushers(node.clone()));
+    tokio::spawn(pull::anti_entropy(node.clone()));
+    tokio::spawn(pull::publish_state(node.clone()));
+    tokio::spawn(pull::follow_gossiped_maps(node.clone()));
+}

@@ -1,0 +1,121 @@
+//! Messages between replicas (JSON over the internal HTTP endpoints).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::causal::VectorClock;
+use crate::shard::ShardMap;
+use crate::storage::Record;
+use crate::NodeId;
+
+pub const PATH_REPLICATE: &str = "/internal/replicate";
+pub const PATH_SYNC: &str = "/internal/sync";
+pub const PATH_ABSORB: &str = "/internal/absorb";
+pub const PATH_MAP: &str = "/internal/map";
+pub const PATH_CATCH_UP: &str = "/internal/catch-up";
+pub const PATH_PREPARE: &str = "/internal/reshard/prepare";
+pub const PATH_TRANSFER: &str = "/internal/reshard/transfer";
+pub const PATH_COMMIT: &str = "/internal/reshard/commit";
+pub const PATH_ABORT: &str = "/internal/reshard/abort";
+pub const PATH_KEY_COUNT: &str = "/internal/key-count";
+pub const PATH_VIEW: &str = "/internal/view";
+
+/// A push of an origin's consecutive writes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReplicateBatch {
+    pub origin: NodeId,
+    pub era: u64,
+    pub records: Vec<Arc<Record>>,
+}
+
+/// How far the receiver has applied the origin's writes; the pusher resumes from there.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReplicateAck {
+    pub era: u64,
+    pub applied: u64,
+    /// Some write could not be applied yet (a gap or a missing dependency).
+    pub blocked: bool,
+}
+
+/// A pull: "send me what I lack". `full` asks for every key of the shard.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SyncRequest {
+    pub era: u64,
+    pub applied: VectorClock,
+    pub full: bool,
+}
+
+/// The answer to a pull. `applied` was read before `records` were collected, so the records
+/// include at least every write `applied` covers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SyncResponse {
+    pub epoch: u64,
+    pub era: u64,
+    pub applied: VectorClock,
+    pub lamport: u64,
+    pub records: Vec<Record>,
+}
+
+/// Records handed over outside the causal streams (reshard transfers, hand-offs).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Absorb {
+    pub records: Vec<Record>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MapMessage {
+    pub map: ShardMap,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EpochMessage {
+    pub epoch: u64,
+    /// The nodes taking part in a reshard (which of them hold what).
+    #[serde(default)]
+    pub participants: Vec<NodeId>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeyCount {
+    pub shard: u32,
+    pub count: usize,
+}
+
+/// An administrative view change relayed to the other nodes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ViewChange {
+    pub add: bool,
+    pub node: NodeId,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Done {
+    pub ok: bool,
+}
+
+impl Done {
+    pub fn yes() -> Self {
+        Self { ok: true }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clocks_travel_as_json_objects_keyed_by_address() {
+        let req = SyncRequest {
+            era: 1,
+            applied: [("127.0.0.2:9000".parse().unwrap(), 3)]
+                .into_iter()
+                .collect(),
+            full: false,
+        };
+        let json = serde_json::to_string(&req).unwrap();
+        assert!(json.contains("\"127.0.0.2:9000\":3"), "{json}");
+        let back: SyncRequest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.applied, req.applied);
+    }
+}

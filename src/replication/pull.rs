@@ -1,0 +1,159 @@
+//! Anti-entropy: pulling what this node lacks from the members of its shard.
+//!
+//! Pushes carry almost every write, but a node that was down, paused or cut off, a push that
+//! failed, or a client whose metadata names writes not yet here all need a pull. Every node
+//! gossips its applied clock; a node that sees a peer ahead of it pulls the difference. A
+//! node that restarted or joined a shard pulls everything once before it coordinates writes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+
+use super::protocol::{SyncResponse, PATH_SYNC};
+use crate::causal::CausalMetadata;
+use crate::membership::{KEY_APPLIED, KEY_MAP};
+use crate::node::Node;
+use crate::shard::ShardMap;
+use crate::NodeId;
+
+const PULL_TIMEOUT: Duration = Duration::from_secs(60);
+const PERIOD: Duration = Duration::from_millis(500);
+/// A node that finds no shard peer to copy from after this long serves with what it has
+/// (the first node of a new store has nobody to copy from).
+const ALONE_GRACE: Duration = Duration::from_secs(2);
+
+/// Pulls from one peer and takes in the answer.
+pub async fn pull_from(node: &Node, peer: NodeId, full: bool) -> bool {
+    let request = node.pull_request(full);
+    match node
+        .peers
+        .call::<_, SyncResponse>(peer, PATH_SYNC, &request, PULL_TIMEOUT)
+        .await
+    {
+        Ok(response) => node.absorb_snapshot(response),
+        Err(e) => {
+            log::debug!("pull from {peer} failed: {e}");
+            false
+        }
+    }
+}
+
+/// Pulls everything of this node's shard from every reachable member. Returns whether any
+/// member answered.
+pub async fn full_pull(node: &Node) -> bool {
+    let peers: Vec<NodeId> = node.shard_peers().into_iter().collect();
+    let answers = join_all(peers.iter().map(|&p| pull_from(node, p, true))).await;
+    answers.into_iter().any(|ok| ok)
+}
+
+/// One anti-entropy round. `eager` pulls from every live peer instead of only those whose
+/// gossiped clock shows them ahead (a request is waiting for something).
+pub async fn catch_up_once(node: &Node, eager: bool, started: Instant) {
+    let up = node.membership.up_nodes();
+    if !node.is_synced() {
+        if node.my_shard().is_none() {
+            return;
+        }
+        if full_pull(node).await || node.shard_peers().is_empty() {
+            node.mark_synced();
+        } else if started.elapsed() > ALONE_GRACE
+            && node.shard_peers().iter().all(|p| !up.contains(p))
+        {
+            log::warn!("no member of my shard is reachable; serving with the data I have");
+            node.mark_synced();
+        }
+        return;
+    }
+    let mine = node.applied_summary();
+    let live = node.membership.live_set();
+    let candidates: Vec<NodeId> = node
+        .shard_peers()
+        .into_iter()
+        .filter(|p| up.contains(p))
+        .filter(|p| {
+            eager
+                || live
+                    .nodes
+                    .get(p)
+                    .and_then(|s| s.applied.as_deref())
+                    .and_then(|t| CausalMetadata::decode(t).ok())
+                    .is_some_and(|theirs| is_ahead(&theirs, &mine))
+        })
+        .collect();
+    join_all(candidates.iter().map(|&p| pull_from(node, p, false))).await;
+}
+
+fn is_ahead(theirs: &CausalMetadata, mine: &CausalMetadata) -> bool {
+    theirs.era == mine.era
+        && theirs
+            .clock
+            .ahead_of(&mine.clock, |_| true)
+            .next()
+            .is_some()
+}
+
+/// Runs anti-entropy rounds periodically and whenever something asks for one.
+pub async fn anti_entropy(node: Arc<Node>) {
+    let started = Instant::now();
+    loop {
+        let eager = tokio::select! {
+            _ = node.pull_wanted.notified() => true,
+            _ = tokio::time::sleep(PERIOD) => false,
+        };
+        catch_up_once(&node, eager, started).await;
+    }
+}
+
+/// Advertises this node's map and applied clock by gossip when they change.
+pub async fn publish_state(node: Arc<Node>) {
+    let mut last_applied = String::new();
+    let mut last_map = String::new();
+    loop {
+        let applied = node.applied_summary().encode();
+        if applied != last_applied {
+            node.membership.publish(KEY_APPLIED, applied.clone()).await;
+            last_applied = applied;
+        }
+        let (_, map) = node.map_gossip();
+        if map != last_map {
+            node.membership.publish(KEY_MAP, map.clone()).await;
+            last_map = map;
+        }
+        tokio::time::sleep(node.config.gossip_interval).await;
+    }
+}
+
+/// Adopts any newer shard map a peer gossips, then hands off keys this node no longer owns.
+pub async fn follow_gossiped_maps(node: Arc<Node>) {
+    let mut live = node.membership.subscribe();
+    let mut seen: std::collections::HashMap<NodeId, String> = Default::default();
+    loop {
+        let candidates: Vec<ShardMap> = {
+            let set = live.borrow_and_update();
+            set.nodes
+                .iter()
+                .filter_map(|(peer, state)| {
+                    let text = state.map.as_ref()?;
+                    if seen.get(peer) == Some(text) {
+                        return None;
+                    }
+                    seen.insert(*peer, text.clone());
+                    serde_json::from_str::<ShardMap>(text).ok()
+                })
+                .collect()
+        };
+        let best = candidates
+            .into_iter()
+            .reduce(|a, b| if b.supersedes(&a) { b } else { a });
+        if let Some(map) = best {
+            let had_pending = node.has_pending_reshard();
+            if !had_pending && node.install_map(map, false) {
+                tokio::spawn(crate::admin::hand_off_foreign_keys(node.clone()));
+            }
+        }
+        if live.changed().await.is_err() {
+            return;
+        }
+    }
+}

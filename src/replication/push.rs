@@ -1,0 +1,120 @@
+//! Pushing this node's writes to the other members of its shard.
+//!
+//! One task per peer drains the shared outbox in batches of up to [`BATCH`] records, one
+//! request in flight at a time: under load a single request carries many writes, so
+//! replication costs far fewer requests than writes. The peer answers with how far it has
+//! applied this node's writes and the pusher resumes from there, which makes retries after
+//! any failure exact.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::protocol::{ReplicateAck, ReplicateBatch, PATH_REPLICATE};
+use crate::node::Node;
+use crate::NodeId;
+
+const BATCH: usize = 512;
+const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Pause before re-sending writes a peer could not apply yet (their dependencies from a
+/// third node are usually on the way).
+const BLOCKED_RETRY: Duration = Duration::from_millis(20);
+/// How often an idle pusher re-checks the outbox without a wake-up.
+const IDLE_RECHECK: Duration = Duration::from_millis(500);
+
+/// Keeps one pusher running per member of this node's shard, following map changes.
+pub async fn manage_pushers(node: Arc<Node>) {
+    let mut maps = node.subscribe_map();
+    let mut running: HashMap<NodeId, JoinHandle<()>> = HashMap::new();
+    loop {
+        let peers = node.shard_peers();
+        running.retain(|peer, task| {
+            let keep = peers.contains(peer) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for peer in peers {
+            running
+                .entry(peer)
+                .or_insert_with(|| tokio::spawn(push_to(node.clone(), peer)));
+        }
+        if maps.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn push_to(node: Arc<Node>, peer: NodeId) {
+    let mut cursor = 1u64;
+    let mut era = node.own_last_seq().0;
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let wake = node.outbox.added();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        let current_era = node.own_last_seq().0;
+        if current_era != era {
+            era = current_era;
+            cursor = 1;
+        }
+        let Some(batch) = node.outbox.batch(era, cursor, BATCH) else {
+            let _ = tokio::time::timeout(IDLE_RECHECK, wake).await;
+            continue;
+        };
+        let message = ReplicateBatch {
+            origin: node.me,
+            era,
+            records: batch.records,
+        };
+        match node
+            .peers
+            .call::<_, ReplicateAck>(peer, PATH_REPLICATE, &message, PUSH_TIMEOUT)
+            .await
+        {
+            Ok(ack) if ack.era == era => {
+                backoff = MIN_BACKOFF;
+                cursor = ack.applied + 1;
+                node.acks.insert(peer, (era, ack.applied));
+                if ack.blocked {
+                    tokio::time::sleep(BLOCKED_RETRY).await;
+                }
+            }
+            Ok(_) => {
+                // The peer is in another era: one of us has yet to learn the latest map.
+                tokio::time::sleep(MAX_BACKOFF).await;
+            }
+            Err(e) => {
+                log::debug!("push to {peer} failed: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until every given peer has acknowledged all of this node's writes.
+pub async fn flush(node: &Node, peers: &[NodeId], timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (era, last) = node.own_last_seq();
+        let done = peers.iter().all(|peer| {
+            node.acks
+                .get(peer)
+                .is_some_and(|ack| ack.0 == era && ack.1 >= last)
+        });
+        if done || last == 0 {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        node.outbox.wake_all();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
