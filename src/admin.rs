@@ -357,13 +357,16 @@ pub fn commit(node: &Arc<Node>, epoch: u64) -> Result<()> {
     }
 }
 
-/// Abandons a prepared reshard: writes resume under the current map, and keys received for
-/// the abandoned map are dropped.
+/// Abandons a prepared reshard: writes resume under the current map.
+///
+/// Keys received for the abandoned map stay, unowned (never served or counted): if the
+/// coordinator failed half-way through its commit, other nodes may already have switched and
+/// dropped their copies, and this node will adopt that map by gossip and need them.
 pub fn abort(node: &Arc<Node>, epoch: u64) {
-    match node.take_pending() {
-        Some(pending) if pending.map.epoch != epoch => node.set_pending(Some(pending)),
-        Some(_) => node.drop_foreign_keys(),
-        None => {}
+    if let Some(pending) = node.take_pending() {
+        if pending.map.epoch != epoch {
+            node.set_pending(Some(pending));
+        }
     }
 }
 

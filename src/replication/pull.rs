@@ -125,35 +125,26 @@ pub async fn publish_state(node: Arc<Node>) {
 }
 
 /// Adopts any newer shard map a peer gossips, then hands off keys this node no longer owns.
+/// Maps are tiny, so every round re-reads them all: a map skipped while a reshard was
+/// pending here is adopted once the pending reshard ends.
 pub async fn follow_gossiped_maps(node: Arc<Node>) {
     let mut live = node.membership.subscribe();
-    let mut seen: std::collections::HashMap<NodeId, String> = Default::default();
     loop {
-        let candidates: Vec<ShardMap> = {
+        let best = {
             let set = live.borrow_and_update();
             set.nodes
-                .iter()
-                .filter_map(|(peer, state)| {
-                    let text = state.map.as_ref()?;
-                    if seen.get(peer) == Some(text) {
-                        return None;
-                    }
-                    seen.insert(*peer, text.clone());
-                    serde_json::from_str::<ShardMap>(text).ok()
-                })
-                .collect()
+                .values()
+                .filter_map(|state| serde_json::from_str::<ShardMap>(state.map.as_ref()?).ok())
+                .reduce(|a, b| if b.supersedes(&a) { b } else { a })
         };
-        let best = candidates
-            .into_iter()
-            .reduce(|a, b| if b.supersedes(&a) { b } else { a });
         if let Some(map) = best {
-            let had_pending = node.has_pending_reshard();
-            if !had_pending && node.install_map(map, false) {
+            if !node.has_pending_reshard() && node.install_map(map, false) {
                 tokio::spawn(crate::admin::hand_off_foreign_keys(node.clone()));
             }
         }
-        if live.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = live.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }
