@@ -41,6 +41,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(5);
 const TRANSFER_CHUNK: usize = 2000;
+/// How long a new member waits for the copies of its shard beyond the first.
+const CATCH_UP_GRACE: Duration = Duration::from_secs(3);
 
 fn map_error(e: MapError) -> KvsError {
     match e {
@@ -142,7 +144,7 @@ pub async fn catch_up(node: &Arc<Node>, epoch: u64) -> Result<KeyCount> {
         return Err(KvsError::Unavailable);
     }
     let shard = node.my_shard().ok_or(KvsError::NotAMember)?;
-    if !pull::full_pull(node).await {
+    if !pull::full_pull(node, CATCH_UP_GRACE).await {
         return Err(KvsError::Unavailable);
     }
     node.mark_synced();

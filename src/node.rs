@@ -310,7 +310,7 @@ impl Node {
         Ok(outcome)
     }
 
-    /// Applies a peer's push, in order, as far as causality allows.
+    /// Applies a peer's push, in order, as far as causality allows, and says how far it got.
     pub fn apply_batch(&self, batch: ReplicateBatch) -> ReplicateAck {
         let map = self.map();
         let in_shard = Self::shard_filter(&map, &self.me);
@@ -347,9 +347,9 @@ impl Node {
         if ack.applied != before {
             self.bump_progress();
         }
-        if blocked {
-            self.pull_wanted.notify_one();
-        }
+        // A blocked push is not a reason to pull: the missing write is almost always a push
+        // from a third node that is milliseconds away, and the pusher retries. Gaps that
+        // last are closed by the periodic, gossip-driven anti-entropy round.
         ack
     }
 

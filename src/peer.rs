@@ -31,6 +31,18 @@ pub enum PeerError {
     },
 }
 
+/// A client's request on its way to another node.
+#[derive(Debug, Clone)]
+pub struct Relayed {
+    pub method: reqwest::Method,
+    pub path_and_query: String,
+    pub body: Bytes,
+    /// Hops including the one about to be made.
+    pub hops: u32,
+    /// The forwarding node's map epoch.
+    pub epoch: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Peers {
     client: reqwest::Client,
@@ -100,11 +112,7 @@ impl Peers {
     pub async fn relay(
         &self,
         peer: NodeId,
-        method: reqwest::Method,
-        path_and_query: &str,
-        body: Bytes,
-        hops: u32,
-        epoch: u64,
+        request: &Relayed,
         timeout: Duration,
     ) -> Result<(u16, Bytes), PeerError> {
         let unreachable = |e: reqwest::Error| PeerError::Unreachable {
@@ -113,11 +121,14 @@ impl Peers {
         };
         let response = self
             .client
-            .request(method, format!("http://{peer}{path_and_query}"))
-            .header(FORWARDED_HEADER, hops.to_string())
-            .header(EPOCH_HEADER, epoch.to_string())
+            .request(
+                request.method.clone(),
+                format!("http://{peer}{}", request.path_and_query),
+            )
+            .header(FORWARDED_HEADER, request.hops.to_string())
+            .header(EPOCH_HEADER, request.epoch.to_string())
             .header("content-type", "application/json")
-            .body(body)
+            .body(request.body.clone())
             .timeout(timeout)
             .send()
             .await

@@ -13,7 +13,7 @@ use super::{hops, json_object, read_body, BODY_LIMIT};
 use crate::causal::CausalMetadata;
 use crate::error::KvsError;
 use crate::node::{Node, Route, FREEZE_WAIT};
-use crate::peer::{EPOCH_HEADER, MAX_HOPS};
+use crate::peer::{Relayed, EPOCH_HEADER, MAX_HOPS};
 
 pub const MAX_KEY_CHARS: usize = 50;
 const PREFIX: &str = "/key-value-store/";
@@ -172,21 +172,15 @@ async fn forward(
         Op::Delete => reqwest::Method::DELETE,
     };
     let timeout = node.config.dependency_timeout + FREEZE_WAIT + Duration::from_secs(5);
-    let epoch = node.map().epoch;
+    let relayed = Relayed {
+        method,
+        path_and_query: path,
+        body,
+        hops: hops + 1,
+        epoch: node.map().epoch,
+    };
     for member in members.into_iter().take(3) {
-        match node
-            .peers
-            .relay(
-                member,
-                method.clone(),
-                &path,
-                body.clone(),
-                hops + 1,
-                epoch,
-                timeout,
-            )
-            .await
-        {
+        match node.peers.relay(member, &relayed, timeout).await {
             Ok((status, bytes)) => {
                 return HttpResponse::build(
                     StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),

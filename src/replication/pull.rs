@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use tokio::task::JoinSet;
 
 use super::protocol::{SyncResponse, PATH_SYNC};
 use crate::causal::CausalMetadata;
@@ -39,23 +40,40 @@ pub async fn pull_from(node: &Node, peer: NodeId, full: bool) -> bool {
     }
 }
 
-/// Pulls everything of this node's shard from every reachable member. Returns whether any
-/// member answered.
-pub async fn full_pull(node: &Node) -> bool {
-    let peers: Vec<NodeId> = node.shard_peers().into_iter().collect();
-    let answers = join_all(peers.iter().map(|&p| pull_from(node, p, true))).await;
-    answers.into_iter().any(|ok| ok)
+/// Pulls everything of this node's shard from every member at once, and returns as soon as
+/// one copy has arrived (true) or all have failed (false). One full copy makes this node
+/// whole; the other pulls keep merging in the background, so a member that hangs (paused,
+/// cut off) delays nothing. `grace` bounds how long to wait for the other copies too.
+pub async fn full_pull(node: &Arc<Node>, grace: Duration) -> bool {
+    let mut pulls = JoinSet::new();
+    for peer in node.shard_peers() {
+        let node = node.clone();
+        pulls.spawn(async move { pull_from(&node, peer, true).await });
+    }
+    let mut any = false;
+    while let Some(result) = pulls.join_next().await {
+        if result.unwrap_or(false) {
+            any = true;
+            break;
+        }
+    }
+    if any {
+        let _ =
+            tokio::time::timeout(grace, async { while pulls.join_next().await.is_some() {} }).await;
+    }
+    pulls.detach_all();
+    any
 }
 
 /// One anti-entropy round. `eager` pulls from every live peer instead of only those whose
 /// gossiped clock shows them ahead (a request is waiting for something).
-pub async fn catch_up_once(node: &Node, eager: bool, started: Instant) {
+pub async fn catch_up_once(node: &Arc<Node>, eager: bool, started: Instant) {
     let up = node.membership.up_nodes();
     if !node.is_synced() {
         if node.my_shard().is_none() {
             return;
         }
-        if full_pull(node).await || node.shard_peers().is_empty() {
+        if node.shard_peers().is_empty() || full_pull(node, Duration::ZERO).await {
             node.mark_synced();
         } else if started.elapsed() > ALONE_GRACE
             && node.shard_peers().iter().all(|p| !up.contains(p))
