@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The project's test command: lints, unit and integration tests, the Docker end-to-end suite
+# and a smoke run of the load generator. Every part runs; a missing tool is a failure, never
+# a silent skip.
+#
+#   ./test.sh            everything
+#   ./test.sh --no-e2e   skip the Docker suite (says so loudly; CI never passes this)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+e2e=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-e2e) e2e=0 ;;
+    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown option: $arg" >&2; exit 2 ;;
+  esac
+done
+
+step() { printf '\n==== %s ====\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "unit and integration tests (cargo test)"
+cargo test --workspace --all-targets
+
+step "load generator smoke run"
+bench/smoke.sh
+
+if [ "$e2e" = 1 ]; then
+  step "Docker end-to-end suite"
+  command -v docker >/dev/null || { echo "docker is required for the end-to-end suite" >&2; exit 1; }
+  python3 -m unittest discover -s tests/e2e -v
+else
+  step "SKIPPED: Docker end-to-end suite (--no-e2e)"
+fi
+step "all tests passed"
