@@ -26,7 +26,7 @@ use crate::storage::{Entry, Record, Store};
 use crate::NodeId;
 
 /// Own writes kept for pushing to peers; a peer further behind pulls a delta instead.
-const OUTBOX_CAPACITY: usize = 100_000;
+const OUTBOX_CAPACITY: usize = 20_000;
 /// How long a write waits while a reshard has writes frozen.
 pub const FREEZE_WAIT: Duration = Duration::from_secs(30);
 /// How long a request waits for this node to learn a shard map it was told exists.
