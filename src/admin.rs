@@ -90,6 +90,9 @@ async fn broadcast<T: serde::Serialize>(
 /// `PUT /key-value-store-shard/add-member/<shard>`.
 pub async fn add_member(node: &Arc<Node>, shard: ShardId, member: NodeId) -> Result<()> {
     let _admin = lock_admin(node).await?;
+    if node.has_pending_reshard() {
+        return Err(KvsError::Conflict("A reshard is in progress".into()));
+    }
     let map = node.map();
     if map.members(shard).is_none() {
         return Err(KvsError::UnknownShard);
@@ -342,8 +345,9 @@ pub fn plan_transfer(
 pub fn commit(node: &Arc<Node>, epoch: u64) -> Result<()> {
     match node.take_pending() {
         Some(pending) if pending.map.epoch == epoch => {
-            node.install_map(pending.map, true);
-            node.drop_foreign_keys();
+            if node.install_map(pending.map, true) {
+                node.drop_foreign_keys();
+            }
             Ok(())
         }
         Some(other) => {

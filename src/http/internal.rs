@@ -52,6 +52,9 @@ async fn absorb(node: NodeData, body: web::Json<Absorb>) -> HttpResponse {
 
 async fn map(node: NodeData, body: web::Json<MapMessage>) -> HttpResponse {
     let message = body.into_inner();
+    if node.has_pending_reshard() {
+        return answer::<Done>(Err(KvsError::Conflict("A reshard is in progress".into())));
+    }
     let current = node.map();
     if message.map == *current || node.install_map(message.map, false) {
         tokio::spawn(admin::hand_off_foreign_keys(node.get_ref().clone()));
