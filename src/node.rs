@@ -21,12 +21,15 @@ use crate::membership::{Membership, KEY_MAP};
 use crate::peer::Peers;
 use crate::replication::outbox::Outbox;
 use crate::replication::protocol::{ReplicateAck, ReplicateBatch, SyncRequest, SyncResponse};
+use crate::replication::recent::RecentLog;
 use crate::shard::{ShardId, ShardMap};
 use crate::storage::{Entry, Record, Store};
 use crate::NodeId;
 
 /// Own writes kept for pushing to peers; a peer further behind pulls a delta instead.
 const OUTBOX_CAPACITY: usize = 20_000;
+/// Recently applied writes kept to answer pulls without scanning the store.
+const RECENT_CAPACITY: usize = 50_000;
 /// How long a write waits while a reshard has writes frozen.
 pub const FREEZE_WAIT: Duration = Duration::from_secs(30);
 /// How long a request waits for this node to learn a shard map it was told exists.
@@ -61,6 +64,8 @@ pub struct Node {
     pub me: NodeId,
     pub store: Store,
     replica: Mutex<Replica>,
+    /// Locked only while `replica` is held, so that it lists writes in the order applied.
+    recent: Mutex<RecentLog>,
     /// Bumped whenever `applied` or the map changes: what dependency waits wait on.
     progress: watch::Sender<u64>,
     map: watch::Sender<Arc<ShardMap>>,
@@ -93,6 +98,7 @@ impl Node {
             me,
             store: Store::new(),
             replica: Mutex::new(Replica::new(me, era)),
+            recent: Mutex::new(RecentLog::new(era, RECENT_CAPACITY)),
             progress: watch::channel(0).0,
             map: watch::channel(Arc::new(map)).0,
             synced: AtomicBool::new(false),
@@ -292,14 +298,12 @@ impl Node {
                 metadata: token.clone(),
             };
             self.store.merge(key, entry.clone());
-            self.outbox.push(
-                stamp.era,
-                stamp.seq,
-                Arc::new(Record {
-                    key: key.to_owned(),
-                    entry,
-                }),
-            );
+            let record = Arc::new(Record {
+                key: key.to_owned(),
+                entry,
+            });
+            lock(&self.recent).push(record.clone());
+            self.outbox.push(stamp.era, stamp.seq, record);
             WriteOutcome {
                 created: !existed,
                 metadata: token,
@@ -327,6 +331,7 @@ impl Node {
                     Admission::Apply => {
                         self.store.merge(&record.key, record.entry.clone());
                         replica.record_applied(&record.entry.stamp);
+                        lock(&self.recent).push(record.clone());
                     }
                     Admission::Duplicate | Admission::Stale => {}
                     Admission::Blocked => {
@@ -357,16 +362,27 @@ impl Node {
     /// the records cover at least what the clock claims.
     pub fn snapshot_for(&self, request: &SyncRequest) -> SyncResponse {
         let map = self.map();
-        let (era, applied, lamport) = {
+        let wants_delta = !request.full;
+        let (era, applied, lamport, logged) = {
             let replica = lock(&self.replica);
-            (replica.era(), replica.applied().clone(), replica.lamport())
+            let logged = (wants_delta && request.era == replica.era())
+                .then(|| lock(&self.recent).delta(replica.era(), &request.applied))
+                .flatten();
+            (
+                replica.era(),
+                replica.applied().clone(),
+                replica.lamport(),
+                logged,
+            )
         };
-        let records = if request.full || request.era != era {
-            let mine = map.shard_of(&self.me);
-            self.store
-                .records_where(|key, _| mine.is_some() && map.shard_for_key(key) == mine)
-        } else {
-            self.store.delta(era, &request.applied)
+        let records = match logged {
+            Some(records) => records,
+            None if wants_delta && request.era == era => self.store.delta(era, &request.applied),
+            None => {
+                let mine = map.shard_of(&self.me);
+                self.store
+                    .records_where(|key, _| mine.is_some() && map.shard_for_key(key) == mine)
+            }
         };
         SyncResponse {
             epoch: map.epoch,
@@ -385,11 +401,14 @@ impl Node {
         }
         let map = self.map();
         let mine = map.shard_of(&self.me);
+        let mut recent = lock(&self.recent);
         for record in response.records {
             if mine.is_some() && map.shard_for_key(&record.key) == mine {
-                self.store.merge(&record.key, record.entry);
+                self.store.merge(&record.key, record.entry.clone());
+                recent.push(Arc::new(record));
             }
         }
+        drop(recent);
         replica.absorb(&response.applied, response.lamport);
         drop(replica);
         self.bump_progress();
@@ -433,6 +452,7 @@ impl Node {
             let mut replica = lock(&self.replica);
             if era_changed {
                 replica.start_era(next.era);
+                lock(&self.recent).reset(next.era);
             }
             self.map.send_replace(Arc::new(next));
         }

@@ -1,10 +1,12 @@
-//! Replication inside a shard: pushing own writes to peers (`push`), pulling what is missing
-//! (`pull`), the bounded outbox they share, and the messages on the wire (`protocol`).
+//! Replication inside a shard: pushing own writes to peers (`push`) from a bounded outbox,
+//! pulling what is missing (`pull`) from peers' logs of recent writes (`recent`), and the
+//! messages on the wire (`protocol`).
 
 pub mod outbox;
 pub mod protocol;
 pub mod pull;
 pub mod push;
+pub mod recent;
 
 use std::sync::Arc;
 

@@ -5,6 +5,7 @@
 //! gossips its applied clock; a node that sees a peer ahead of it pulls the difference. A
 //! node that restarted or joined a shard pulls everything once before it coordinates writes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,9 +66,16 @@ pub async fn full_pull(node: &Arc<Node>, grace: Duration) -> bool {
     any
 }
 
-/// One anti-entropy round. `eager` pulls from every live peer instead of only those whose
-/// gossiped clock shows them ahead (a request is waiting for something).
-pub async fn catch_up_once(node: &Arc<Node>, eager: bool, started: Instant) {
+/// One anti-entropy round. `eager` pulls from every live peer (a request is waiting for
+/// something). Otherwise it pulls only from peers whose clock, as gossiped a round earlier,
+/// this node still does not cover: writes in flight are the pushers' business, and a gap
+/// that outlasts a round is not.
+pub async fn catch_up_once(
+    node: &Arc<Node>,
+    eager: bool,
+    started: Instant,
+    previous: &mut HashMap<NodeId, CausalMetadata>,
+) {
     let up = node.membership.up_nodes();
     if !node.is_synced() {
         if node.my_shard().is_none() {
@@ -85,20 +93,34 @@ pub async fn catch_up_once(node: &Arc<Node>, eager: bool, started: Instant) {
     }
     let mine = node.applied_summary();
     let live = node.membership.live_set();
-    let candidates: Vec<NodeId> = node
+    let peers: Vec<NodeId> = node
         .shard_peers()
         .into_iter()
         .filter(|p| up.contains(p))
+        .collect();
+    let candidates: Vec<NodeId> = peers
+        .iter()
+        .copied()
         .filter(|p| {
             eager
-                || live
-                    .nodes
+                || previous
                     .get(p)
-                    .and_then(|s| s.applied.as_deref())
-                    .and_then(|t| CausalMetadata::decode(t).ok())
-                    .is_some_and(|theirs| is_ahead(&theirs, &mine))
+                    .is_some_and(|theirs| is_ahead(theirs, &mine))
         })
         .collect();
+    if !eager {
+        previous.clear();
+        for peer in peers {
+            let advertised = live
+                .nodes
+                .get(&peer)
+                .and_then(|s| s.applied.as_deref())
+                .and_then(|t| CausalMetadata::decode(t).ok());
+            if let Some(clock) = advertised {
+                previous.insert(peer, clock);
+            }
+        }
+    }
     join_all(candidates.iter().map(|&p| pull_from(node, p, false))).await;
 }
 
@@ -114,12 +136,13 @@ fn is_ahead(theirs: &CausalMetadata, mine: &CausalMetadata) -> bool {
 /// Runs anti-entropy rounds periodically and whenever something asks for one.
 pub async fn anti_entropy(node: Arc<Node>) {
     let started = Instant::now();
+    let mut previous = HashMap::new();
     loop {
         let eager = tokio::select! {
             _ = node.pull_wanted.notified() => true,
             _ = tokio::time::sleep(PERIOD) => false,
         };
-        catch_up_once(&node, eager, started).await;
+        catch_up_once(&node, eager, started, &mut previous).await;
     }
 }
 
