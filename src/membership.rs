@@ -164,7 +164,14 @@ impl Membership {
     }
 
     pub fn is_up(&self, node: &NodeId) -> bool {
-        *node == self.me || self.up_nodes().contains(node)
+        if *node == self.me {
+            return true;
+        }
+        let live = self.live.borrow();
+        let admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        live.nodes
+            .get(node)
+            .is_some_and(|s| admin.removed.get(node) != Some(&s.generation))
     }
 
     /// The view as the view endpoints report it.

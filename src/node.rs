@@ -174,9 +174,8 @@ impl Node {
 
     /// Live members first, rotated so that forwarded load spreads over the shard.
     pub fn forwarding_order(&self, members: &BTreeSet<NodeId>) -> Vec<NodeId> {
-        let up = self.membership.up_nodes();
         let (mut live, down): (Vec<NodeId>, Vec<NodeId>) =
-            members.iter().partition(|n| up.contains(n));
+            members.iter().partition(|n| self.membership.is_up(n));
         if !live.is_empty() {
             let turn = self.next_forward.fetch_add(1, Ordering::Relaxed) % live.len();
             live.rotate_left(turn);
@@ -185,13 +184,10 @@ impl Node {
         live
     }
 
-    fn shard_filter(map: &ShardMap, me: &NodeId) -> impl Fn(&NodeId) -> bool {
-        let members = map
-            .shard_of(me)
-            .and_then(|s| map.members(s))
-            .cloned()
-            .unwrap_or_default();
-        move |n| members.contains(n)
+    /// Whether a node is a member of `me`'s shard under `map`, as a predicate.
+    fn shard_filter<'a>(map: &'a ShardMap, me: &NodeId) -> impl Fn(&NodeId) -> bool + 'a {
+        let members = map.shard_of(me).and_then(|s| map.members(s));
+        move |n| members.is_some_and(|m| m.contains(n))
     }
 
     /// Waits (bounded) until this node has applied every write of its shard that `deps`

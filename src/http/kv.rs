@@ -6,7 +6,8 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::reply::{self, Op};
 use super::{hops, json_object, read_body, BODY_LIMIT};
@@ -85,8 +86,8 @@ pub async fn handle(
     let Ok(body) = read_body(payload).await else {
         return reply::too_large(op.name(), BODY_LIMIT);
     };
-    let request = match key_from_path(&req).and_then(|key| KvRequest::parse(op, key, &body)) {
-        Ok(request) => request,
+    let key = match key_from_path(&req) {
+        Ok(key) => key,
         Err(e) => return reply::error(op, &e),
     };
     let hops = hops(&req);
@@ -101,14 +102,54 @@ pub async fn handle(
             node.await_epoch(sender_epoch).await;
         }
     }
-    match node.route(&request.key) {
-        Ok(Route::Local(_)) => match execute(&node, &request).await {
-            Err(KvsError::NotOwner(_)) => forward(&node, &req, body, &request, hops).await,
-            Ok(response) => response,
-            Err(e) => reply::error(op, &e),
-        },
-        Ok(Route::Remote(..)) => forward(&node, &req, body, &request, hops).await,
+    // A request for another shard is relayed as it came: the owner validates it, and its
+    // answer (an error included) goes back unchanged.
+    match node.route(&key) {
+        Ok(Route::Remote(..)) => forward(&node, &req, body, op, &key, hops).await,
+        Ok(Route::Local(_)) => {
+            let request = match KvRequest::parse(op, key, &body) {
+                Ok(request) => request,
+                Err(e) => return reply::error(op, &e),
+            };
+            match execute(&node, &request).await {
+                Err(KvsError::NotOwner(_)) => {
+                    forward(&node, &req, body, op, &request.key, hops).await
+                }
+                Ok(response) => response,
+                Err(e) => reply::error(op, &e),
+            }
+        }
         Err(e) => reply::error(op, &e),
+    }
+}
+
+/// A successful read, as the contract spells it.
+#[derive(Serialize)]
+struct Retrieved<'a> {
+    message: &'static str,
+    version: &'a str,
+    #[serde(rename = "causal-metadata")]
+    causal_metadata: &'a str,
+    value: &'a str,
+}
+
+/// A successful write or delete, as the contract spells it.
+#[derive(Serialize)]
+struct Written<'a> {
+    message: &'static str,
+    version: &'a str,
+    #[serde(rename = "causal-metadata")]
+    causal_metadata: &'a str,
+    #[serde(rename = "shard-id")]
+    shard_id: String,
+}
+
+fn json_reply(status: StatusCode, body: &impl Serialize) -> HttpResponse {
+    match serde_json::to_string(body) {
+        Ok(text) => HttpResponse::build(status)
+            .content_type("application/json")
+            .body(text),
+        Err(_) => HttpResponse::InternalServerError().finish(),
     }
 }
 
@@ -116,12 +157,13 @@ async fn execute(node: &Node, request: &KvRequest) -> Result<HttpResponse, KvsEr
     match request.op {
         Op::Get => {
             let entry = node.read(&request.key, &request.deps).await?;
-            Ok(reply::ok(json!({
-                "message": "Retrieved successfully",
-                "version": entry.metadata,
-                "causal-metadata": entry.metadata,
-                "value": entry.value,
-            })))
+            let body = Retrieved {
+                message: "Retrieved successfully",
+                version: &entry.metadata,
+                causal_metadata: &entry.metadata,
+                value: entry.value.as_deref().unwrap_or_default(),
+            };
+            Ok(json_reply(StatusCode::OK, &body))
         }
         Op::Put | Op::Delete => {
             let outcome = node
@@ -132,15 +174,13 @@ async fn execute(node: &Node, request: &KvRequest) -> Result<HttpResponse, KvsEr
                 (Op::Put, false) => (StatusCode::OK, "Updated successfully"),
                 _ => (StatusCode::OK, "Deleted successfully"),
             };
-            Ok(reply::json(
-                status,
-                json!({
-                    "message": message,
-                    "version": outcome.metadata,
-                    "causal-metadata": outcome.metadata,
-                    "shard-id": outcome.shard.to_string(),
-                }),
-            ))
+            let body = Written {
+                message,
+                version: &outcome.metadata,
+                causal_metadata: &outcome.metadata,
+                shard_id: outcome.shard.to_string(),
+            };
+            Ok(json_reply(status, &body))
         }
     }
 }
@@ -151,14 +191,15 @@ async fn forward(
     node: &Node,
     req: &HttpRequest,
     body: Bytes,
-    request: &KvRequest,
+    op: Op,
+    key: &str,
     hops: u32,
 ) -> HttpResponse {
-    let unavailable = || reply::error(request.op, &KvsError::Unavailable);
+    let unavailable = || reply::error(op, &KvsError::Unavailable);
     if hops >= MAX_HOPS {
         return unavailable();
     }
-    let Ok(Route::Remote(_, members)) = node.route(&request.key) else {
+    let Ok(Route::Remote(_, members)) = node.route(key) else {
         return unavailable();
     };
     let path = req
@@ -166,7 +207,7 @@ async fn forward(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| req.uri().path().to_owned());
-    let method = match request.op {
+    let method = match op {
         Op::Get => reqwest::Method::GET,
         Op::Put => reqwest::Method::PUT,
         Op::Delete => reqwest::Method::DELETE,

@@ -41,29 +41,63 @@ pub async fn pull_from(node: &Node, peer: NodeId, full: bool) -> bool {
     }
 }
 
-/// Pulls everything of this node's shard from every member at once, and returns as soon as
-/// one copy has arrived (true) or all have failed (false). One full copy makes this node
-/// whole; the other pulls keep merging in the background, so a member that hangs (paused,
-/// cut off) delays nothing. `grace` bounds how long to wait for the other copies too.
+/// How long one full copy may run before a copy from the next member starts beside it.
+const STAGGER: Duration = Duration::from_secs(2);
+
+/// Makes this node whole: a full copy of its shard from one member (live members first; if a
+/// copy has not arrived after [`STAGGER`], one from the next member starts beside it, so a
+/// member that hangs delays little), then a delta pull from every other member, which their
+/// logs of recent writes answer cheaply. `grace` bounds the wait for those deltas; they go
+/// on in the background. Returns whether a full copy arrived.
 pub async fn full_pull(node: &Arc<Node>, grace: Duration) -> bool {
-    let mut pulls = JoinSet::new();
-    for peer in node.shard_peers() {
+    let map = node.map();
+    let Some(members) = node.my_shard().and_then(|s| map.members(s)) else {
+        return false;
+    };
+    let peers: Vec<NodeId> = node
+        .forwarding_order(members)
+        .into_iter()
+        .filter(|p| *p != node.me)
+        .collect();
+    let mut next = peers.iter().copied();
+    let mut copies = JoinSet::new();
+    let spawn_copy = |copies: &mut JoinSet<(NodeId, bool)>, peer: NodeId| {
         let node = node.clone();
-        pulls.spawn(async move { pull_from(&node, peer, true).await });
-    }
-    let mut any = false;
-    while let Some(result) = pulls.join_next().await {
-        if result.unwrap_or(false) {
-            any = true;
-            break;
+        copies.spawn(async move { (peer, pull_from(&node, peer, true).await) });
+    };
+    let Some(first) = next.next() else {
+        return false;
+    };
+    spawn_copy(&mut copies, first);
+    let mut source = None;
+    while source.is_none() {
+        match tokio::time::timeout(STAGGER, copies.join_next()).await {
+            Ok(Some(Ok((peer, true)))) => source = Some(peer),
+            Ok(None) => break,
+            Ok(Some(_)) | Err(_) => {
+                if let Some(peer) = next.next() {
+                    spawn_copy(&mut copies, peer);
+                } else if copies.is_empty() {
+                    break;
+                }
+            }
         }
     }
-    if any {
-        let _ =
-            tokio::time::timeout(grace, async { while pulls.join_next().await.is_some() {} }).await;
+    copies.abort_all();
+    let Some(source) = source else {
+        return false;
+    };
+    // Whole now: what follows are deltas, not more full copies.
+    node.mark_synced();
+    let mut deltas = JoinSet::new();
+    for peer in peers.into_iter().filter(|p| *p != source) {
+        let node = node.clone();
+        deltas.spawn(async move { pull_from(&node, peer, false).await });
     }
-    pulls.detach_all();
-    any
+    let _ =
+        tokio::time::timeout(grace, async { while deltas.join_next().await.is_some() {} }).await;
+    deltas.detach_all();
+    true
 }
 
 /// One anti-entropy round. `eager` pulls from every live peer (a request is waiting for
