@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod causal;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -128,12 +128,11 @@ impl Store {
 
 /// One version of a key in a single allocation:
 /// `[live u8][era u64][lamport u64][seq u64][origin][metadata len u16][metadata][value]`,
-/// integers little-endian, origin as `4|6`, the IP octets and the port.
+/// integers little-endian, origin in the shared compact form (`codec`).
 mod packed {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
     use super::Entry;
     use crate::causal::Stamp;
+    use crate::codec::{put_addr, read_addr};
 
     pub fn pack(entry: &Entry) -> Box<[u8]> {
         let value = entry.value.as_deref().unwrap_or_default();
@@ -142,17 +141,7 @@ mod packed {
         out.extend_from_slice(&entry.stamp.era.to_le_bytes());
         out.extend_from_slice(&entry.stamp.lamport.to_le_bytes());
         out.extend_from_slice(&entry.stamp.seq.to_le_bytes());
-        match entry.stamp.origin.ip() {
-            IpAddr::V4(ip) => {
-                out.push(4);
-                out.extend_from_slice(&ip.octets());
-            }
-            IpAddr::V6(ip) => {
-                out.push(6);
-                out.extend_from_slice(&ip.octets());
-            }
-        }
-        out.extend_from_slice(&entry.stamp.origin.port().to_le_bytes());
+        put_addr(&mut out, &entry.stamp.origin);
         // Tokens name at most a few thousand nodes, far below 64 KiB.
         let meta = entry.metadata.as_bytes();
         let meta = &meta[..meta.len().min(usize::from(u16::MAX))];
@@ -173,24 +162,14 @@ mod packed {
     /// The stamp, and where the metadata length starts.
     fn header(bytes: &[u8]) -> Option<(Stamp, usize)> {
         let (era, lamport, seq) = (u64_at(bytes, 1)?, u64_at(bytes, 9)?, u64_at(bytes, 17)?);
-        let (ip, at): (IpAddr, usize) = match bytes.get(25)? {
-            4 => {
-                let o: [u8; 4] = bytes.get(26..30)?.try_into().ok()?;
-                (Ipv4Addr::from(o).into(), 30)
-            }
-            _ => {
-                let o: [u8; 16] = bytes.get(26..42)?.try_into().ok()?;
-                (Ipv6Addr::from(o).into(), 42)
-            }
-        };
-        let port = u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?);
+        let (origin, used) = read_addr(bytes.get(25..)?)?;
         let stamp = Stamp {
             era,
             lamport,
-            origin: SocketAddr::new(ip, port),
+            origin,
             seq,
         };
-        Some((stamp, at + 2))
+        Some((stamp, 25 + used))
     }
 
     pub fn stamp(bytes: &[u8]) -> Option<Stamp> {

@@ -7,12 +7,13 @@
 //! store can answer "Invalid causal metadata" instead of waiting on invented dependencies.
 //! The size is bounded by the number of nodes named, never by keys or writes.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use super::clock::VectorClock;
+use crate::codec::{put_addr, read_addr};
 
 const FORMAT_VERSION: u8 = 1;
 const CHECKSUM_SEED: u64 = 0x6b76_735f_6361_7573; // "kvs_caus"
@@ -78,20 +79,6 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn put_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
-    match addr.ip() {
-        IpAddr::V4(ip) => {
-            out.push(4);
-            out.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            out.push(6);
-            out.extend_from_slice(&ip.octets());
-        }
-    }
-    out.extend_from_slice(&addr.port().to_be_bytes());
-}
-
 /// A strict decoder: any deviation from what `encode` writes is an error.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -128,19 +115,9 @@ impl<'a> Reader<'a> {
     }
 
     fn addr(&mut self) -> Result<SocketAddr, InvalidMetadata> {
-        let ip = match self.byte()? {
-            4 => {
-                let o: [u8; 4] = self.take(4)?.try_into().map_err(|_| InvalidMetadata)?;
-                IpAddr::V4(Ipv4Addr::from(o))
-            }
-            6 => {
-                let o: [u8; 16] = self.take(16)?.try_into().map_err(|_| InvalidMetadata)?;
-                IpAddr::V6(Ipv6Addr::from(o))
-            }
-            _ => return Err(InvalidMetadata),
-        };
-        let port: [u8; 2] = self.take(2)?.try_into().map_err(|_| InvalidMetadata)?;
-        Ok(SocketAddr::new(ip, u16::from_be_bytes(port)))
+        let (addr, used) = read_addr(self.bytes).ok_or(InvalidMetadata)?;
+        self.bytes = &self.bytes[used..];
+        Ok(addr)
     }
 
     fn metadata(mut self) -> Result<CausalMetadata, InvalidMetadata> {

@@ -1,0 +1,52 @@
+//! The compact binary form of a node address, shared by the causal-metadata token and the
+//! packed storage format: `4` or `6`, the IP octets, then the port (big-endian).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+pub fn put_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
+/// Reads an address at the start of `bytes`; returns it and the bytes it took.
+pub fn read_addr(bytes: &[u8]) -> Option<(SocketAddr, usize)> {
+    let (ip, at): (IpAddr, usize) = match bytes.first()? {
+        4 => {
+            let o: [u8; 4] = bytes.get(1..5)?.try_into().ok()?;
+            (Ipv4Addr::from(o).into(), 5)
+        }
+        6 => {
+            let o: [u8; 16] = bytes.get(1..17)?.try_into().ok()?;
+            (Ipv6Addr::from(o).into(), 17)
+        }
+        _ => return None,
+    };
+    let port = u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?);
+    Some((SocketAddr::new(ip, port), at + 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip() {
+        for text in ["10.10.0.2:8080", "[2001:db8::1]:9", "0.0.0.0:0"] {
+            let addr: SocketAddr = text.parse().unwrap();
+            let mut out = vec![];
+            put_addr(&mut out, &addr);
+            assert_eq!(read_addr(&out), Some((addr, out.len())));
+            assert_eq!(read_addr(&out[..out.len() - 1]), None);
+        }
+        assert_eq!(read_addr(&[5, 0, 0]), None);
+    }
+}
