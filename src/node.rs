@@ -6,7 +6,7 @@
 //! the methods here.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ use crate::NodeId;
 /// Own writes kept for pushing to peers; a peer further behind pulls a delta instead.
 const OUTBOX_CAPACITY: usize = 20_000;
 /// Recently applied writes kept to answer pulls without scanning the store.
-const RECENT_CAPACITY: usize = 50_000;
+const RECENT_CAPACITY: usize = 16_384;
 /// How long a write waits while a reshard has writes frozen.
 pub const FREEZE_WAIT: Duration = Duration::from_secs(30);
 /// How long a request waits for this node to learn a shard map it was told exists.
@@ -83,7 +83,6 @@ pub struct Node {
     pub(crate) admin: tokio::sync::Mutex<()>,
     /// For each peer, how far it has acknowledged this node's writes: (era, seq).
     pub(crate) acks: DashMap<NodeId, (u64, u64)>,
-    next_forward: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -110,7 +109,6 @@ impl Node {
             pull_wanted: Notify::new(),
             admin: tokio::sync::Mutex::new(()),
             acks: DashMap::new(),
-            next_forward: AtomicUsize::new(0),
             config,
         }
     }
@@ -172,16 +170,18 @@ impl Node {
         Ok(Route::Remote(shard, self.forwarding_order(members)))
     }
 
-    /// Live members first, rotated so that forwarded load spreads over the shard.
+    /// Live members first, each node preferring its own member of every shard (by rendezvous
+    /// over forwarder and member). A client's chained requests through one node thus reach
+    /// one replica, which never waits for its own earlier writes to arrive from another,
+    /// while different forwarders spread their load over the shard.
     pub fn forwarding_order(&self, members: &BTreeSet<NodeId>) -> Vec<NodeId> {
-        let (mut live, down): (Vec<NodeId>, Vec<NodeId>) =
-            members.iter().partition(|n| self.membership.is_up(n));
-        if !live.is_empty() {
-            let turn = self.next_forward.fetch_add(1, Ordering::Relaxed) % live.len();
-            live.rotate_left(turn);
-        }
-        live.extend(down);
-        live
+        let mut order: Vec<NodeId> = members.iter().copied().collect();
+        let me = self.me.to_string();
+        order.sort_by_cached_key(|m| {
+            let preference = crate::shard::key_hash(&format!("{me}>{m}"));
+            (!self.membership.is_up(m), std::cmp::Reverse(preference))
+        });
+        order
     }
 
     /// Whether a node is a member of `me`'s shard under `map`, as a predicate.
@@ -195,7 +195,6 @@ impl Node {
     pub async fn await_dependencies(&self, deps: &CausalMetadata) -> Result<()> {
         let deadline = Instant::now() + self.config.dependency_timeout;
         let mut progress = self.progress.subscribe();
-        let mut asked = false;
         loop {
             let readiness = {
                 let map = self.map();
@@ -203,25 +202,18 @@ impl Node {
                 let ready = lock(&self.replica).readiness(deps, in_shard);
                 ready
             };
-            match readiness {
-                Readiness::Ready => return Ok(()),
-                Readiness::Missing(_) | Readiness::FutureEra(_) if !asked => {
-                    // Pushes usually arrive within milliseconds; pull if they do not.
-                    asked = true;
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(30), progress.changed()).await;
-                    self.pull_wanted.notify_one();
-                    continue;
-                }
-                _ => {}
+            if readiness == Readiness::Ready {
+                return Ok(());
             }
+            // Pull at once rather than wait for the batched push: peers answer from their
+            // logs of recent writes, and waiting requests share one anti-entropy round.
+            self.pull_wanted.notify_one();
             if tokio::time::timeout_at(deadline, progress.changed())
                 .await
                 .is_err()
             {
                 return Err(KvsError::DependenciesMissing);
             }
-            self.pull_wanted.notify_one();
         }
     }
 
