@@ -41,6 +41,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(5);
 const TRANSFER_CHUNK: usize = 2000;
+/// Attempts to deliver one chunk of transferred records.
+const TRANSFER_ATTEMPTS: u32 = 4;
 /// How long a new member waits for the copies of its shard beyond the first.
 const CATCH_UP_GRACE: Duration = Duration::from_secs(3);
 
@@ -261,43 +263,93 @@ pub async fn transfer(node: &Arc<Node>, epoch: u64, participants: &[NodeId]) -> 
         .filter(|m| m.epoch == epoch)
         .ok_or_else(|| KvsError::Conflict("No such reshard is prepared here".into()))?;
     let current = node.map();
-    let plan = plan_transfer(
-        node.me,
-        &current,
-        &next,
-        participants,
-        node.store.records_where(|_, _| true),
-    );
+    let senders: BTreeSet<NodeId> = participants.iter().copied().collect();
+    // Select while scanning: only the keys this node must send are copied out of the store.
+    let mine = node.store.records_where(|key, _| {
+        !transfer_targets(node.me, &current, &next, &senders, key).is_empty()
+    });
+    let plan = plan_transfer(node.me, &current, &next, participants, mine);
     let sends = plan.into_iter().map(|(target, records)| {
         let node = node.clone();
-        async move {
-            for chunk in records.chunks(TRANSFER_CHUNK) {
-                let body = Absorb {
-                    records: chunk.to_vec(),
-                };
-                node.peers
-                    .call::<_, OkReply>(target, PATH_ABSORB, &body, TRANSFER_TIMEOUT)
-                    .await
-                    .map_err(|e| {
-                        log::warn!("transfer to {target} failed: {e}");
-                        KvsError::Unavailable
-                    })?;
-            }
-            Ok::<(), KvsError>(())
-        }
+        async move { send_records(&node, target, &records).await }
     });
-    join_all(sends)
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>>>()?;
-    Ok(())
+    if join_all(sends).await.into_iter().all(|delivered| delivered) {
+        Ok(())
+    } else {
+        Err(KvsError::Unavailable)
+    }
 }
 
-/// Which records this node sends to whom when `current` becomes `next`.
+/// Sends records to `target` in chunks, retrying each chunk a few times (a receiver busy
+/// with other transfers may time out; merging a chunk twice is harmless). Returns whether
+/// every chunk was delivered.
+async fn send_records(node: &Node, target: NodeId, records: &[Record]) -> bool {
+    for chunk in records.chunks(TRANSFER_CHUNK) {
+        let body = Absorb {
+            records: chunk.to_vec(),
+        };
+        let mut delivered = false;
+        for attempt in 0..TRANSFER_ATTEMPTS {
+            match node
+                .peers
+                .call::<_, OkReply>(target, PATH_ABSORB, &body, TRANSFER_TIMEOUT)
+                .await
+            {
+                Ok(_) => {
+                    delivered = true;
+                    break;
+                }
+                Err(e) => {
+                    log::warn!(
+                        "sending records to {target} failed (attempt {}): {e}",
+                        attempt + 1
+                    );
+                    tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+                }
+            }
+        }
+        if !delivered {
+            return false;
+        }
+    }
+    true
+}
+
+/// The members of `key`'s next shard that this node must send it to when `current` becomes
+/// `next`: none unless this node is the key's designated sender.
 ///
 /// A key is sent by one member of its current shard (chosen by key hash among the
 /// participants, so the work spreads), to each member of its next shard that is not a member
 /// of its current shard.
+pub fn transfer_targets(
+    me: NodeId,
+    current: &ShardMap,
+    next: &ShardMap,
+    participants: &BTreeSet<NodeId>,
+    key: &str,
+) -> Vec<NodeId> {
+    let (Some(from), Some(to)) = (current.shard_for_key(key), next.shard_for_key(key)) else {
+        return Vec::new();
+    };
+    let (Some(holders), Some(receivers)) = (current.members(from), next.members(to)) else {
+        return Vec::new();
+    };
+    let senders: Vec<&NodeId> = holders
+        .iter()
+        .filter(|n| participants.contains(n))
+        .collect();
+    if senders.is_empty() || *senders[(key_hash(key) % senders.len() as u64) as usize] != me {
+        return Vec::new();
+    }
+    receivers
+        .iter()
+        .filter(|n| !holders.contains(n))
+        .copied()
+        .collect()
+}
+
+/// Which records this node sends to whom when `current` becomes `next` (see
+/// [`transfer_targets`]).
 pub fn plan_transfer(
     me: NodeId,
     current: &ShardMap,
@@ -307,34 +359,8 @@ pub fn plan_transfer(
 ) -> BTreeMap<NodeId, Vec<Record>> {
     let participants: BTreeSet<NodeId> = participants.iter().copied().collect();
     let mut plan: BTreeMap<NodeId, Vec<Record>> = BTreeMap::new();
-    let empty = BTreeSet::new();
     for record in records {
-        let (Some(from), Some(to)) = (
-            current.shard_for_key(&record.key),
-            next.shard_for_key(&record.key),
-        ) else {
-            continue;
-        };
-        let holders = current.members(from).unwrap_or(&empty);
-        let senders: Vec<&NodeId> = holders
-            .iter()
-            .filter(|n| participants.contains(n))
-            .collect();
-        if senders.is_empty() {
-            continue;
-        }
-        let sender = senders[(key_hash(&record.key) % senders.len() as u64) as usize];
-        if *sender != me {
-            continue;
-        }
-        let targets: Vec<NodeId> = next
-            .members(to)
-            .unwrap_or(&empty)
-            .iter()
-            .filter(|n| !holders.contains(n))
-            .copied()
-            .collect();
-        for target in targets {
+        for target in transfer_targets(me, current, next, &participants, &record.key) {
             plan.entry(target).or_default().push(record.clone());
         }
     }
@@ -410,23 +436,8 @@ pub async fn hand_off_foreign_keys(node: Arc<Node>) {
             .unwrap_or_default();
         let delivered = join_all(members.iter().map(|&m| {
             let node = node.clone();
-            let records = records.clone();
-            async move {
-                for chunk in records.chunks(TRANSFER_CHUNK) {
-                    let body = Absorb {
-                        records: chunk.to_vec(),
-                    };
-                    if node
-                        .peers
-                        .call::<_, OkReply>(m, PATH_ABSORB, &body, TRANSFER_TIMEOUT)
-                        .await
-                        .is_err()
-                    {
-                        return false;
-                    }
-                }
-                true
-            }
+            let records = &records;
+            async move { send_records(&node, m, records).await }
         }))
         .await;
         all_delivered &= delivered.into_iter().any(|ok| ok);

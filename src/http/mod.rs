@@ -41,6 +41,9 @@ pub fn server(node: Arc<Node>) -> std::io::Result<Server> {
     .workers(2)
     .backlog(4096)
     .keep_alive(std::time::Duration::from_secs(75))
+    // Peers send large batches to nodes that may be busy: allow more than the default 5 s
+    // for a request to arrive before answering 408.
+    .client_request_timeout(std::time::Duration::from_secs(60))
     .disable_signals()
     .bind(bind)?
     .run();
