@@ -139,19 +139,22 @@ def main():
         worst = max(rss.values()) / 1024
         held = max(s["shard0_keys"], s["shard1_keys"])
         targets.append(
-            (f"RSS of a node holding {held / 1e6:.2f}M keys (max of 6)", f"{worst:.0f} MB", "<= 400 MB",
+            (f"RSS of a node holding {held / 1e6:.2f}M keys (max of 6)", f"{worst:.0f} MiB", "<= 400 MB",
              worst <= 400)
         )
         empty = s.get("rss_kb_empty")
         if empty and held and abs(held - 1e6) > 0.02e6:
             base = max(empty.values()) / 1024
             per_m = base + (worst - base) * 1e6 / held
-            targets.append(("RSS per node for 1M keys (linear from the above)", f"{per_m:.0f} MB",
+            targets.append(("RSS per node for 1M keys (linear from the above)", f"{per_m:.0f} MiB",
                             "<= 400 MB", per_m <= 400))
-        targets.append(("add-member wall time", f"{s['add_member_s']:.2f} s", "<= 10 s",
-                        s["add_member_s"] <= 10 and s["add_member_answer"].endswith("200")))
-        targets.append(("reshard 2 -> 3 wall time", f"{s['reshard_s']:.2f} s", "<= 20 s",
-                        s["reshard_s"] <= 20 and s["reshard_answer"].endswith("200")))
+        def timed(label, secs, answer, goal):
+            code = answer.rsplit(" ", 1)[-1]
+            shown = f"{secs:.2f} s" if code == "200" else f"{code} at {secs:.1f} s"
+            targets.append((label, shown, f"<= {goal} s", secs <= goal and code == "200"))
+
+        timed("add-member wall time", s["add_member_s"], s["add_member_answer"], 10)
+        timed("reshard 2 -> 3 wall time", s["reshard_s"], s["reshard_answer"], 20)
         print(
             f"\nscale: {s['keys']} keys; shard 0 {s['shard0_keys']}, shard 1 {s['shard1_keys']}; "
             f"RSS kB per node {rss}; after add-member + reshard {s['rss_kb_after_reshard']}; "
@@ -167,10 +170,10 @@ def main():
     if targets:
         print()
         w = max(len(t[0]) for t in targets)
-        print(f"| {'target':<{w}} | {'measured':>10} | {'goal':>10} | met |")
-        print(f"|{'-' * (w + 2)}|{'-' * 12}|{'-' * 12}|-----|")
+        print(f"| {'target':<{w}} | {'measured':>13} | {'goal':>10} | met |")
+        print(f"|{'-' * (w + 2)}|{'-' * 15}|{'-' * 12}|-----|")
         for label, v, goal, ok in targets:
-            print(f"| {label:<{w}} | {v:>10} | {goal:>10} | {'yes' if ok else 'NO':<3} |")
+            print(f"| {label:<{w}} | {v:>13} | {goal:>10} | {'yes' if ok else 'NO':<3} |")
 
 
 if __name__ == "__main__":

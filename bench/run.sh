@@ -42,7 +42,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --no-nice) NICE_LEVEL=0 ;;
         --out) OUT=$2; shift ;;
-        -h|--help) sed -n 2,13p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,14p "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift

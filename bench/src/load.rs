@@ -448,7 +448,7 @@ struct Plan {
     measure_from: Instant,
     deadline: Instant,
     budget: Option<Arc<AtomicU64>>,
-    /// Open loop: each worker's interval between due times, and its offset.
+    /// Open loop: each worker's interval between due times (its offset is in `start`).
     interval: Option<Duration>,
 }
 
