@@ -41,13 +41,14 @@ pub async fn pull_from(node: &Node, peer: NodeId, full: bool) -> bool {
     }
 }
 
-/// How long one full copy may run before a copy from the next member starts beside it.
-const STAGGER: Duration = Duration::from_secs(2);
+/// How often a node copying its shard checks that the members it copies from are still up.
+const COPY_CHECK: Duration = Duration::from_secs(1);
 
-/// Makes this node whole: a full copy of its shard from one member (live members first; if a
-/// copy has not arrived after [`STAGGER`], one from the next member starts beside it, so a
-/// member that hangs delays little), then a delta pull from every other member, which their
-/// logs of recent writes answer cheaply. `grace` bounds the wait for those deltas; they go
+/// Makes this node whole: a full copy of its shard from one member (live members first; when
+/// every member a copy is coming from stops being up, as a paused or cut-off member soon
+/// does, a copy from the next member starts beside it), then a delta pull from every other
+/// member, which their logs of recent writes answer cheaply. A large copy that is merely slow
+/// is never duplicated. `grace` bounds the wait for those deltas; they go
 /// on in the background. Returns whether a full copy arrived.
 pub async fn full_pull(node: &Arc<Node>, grace: Duration) -> bool {
     let map = node.map();
@@ -69,17 +70,28 @@ pub async fn full_pull(node: &Arc<Node>, grace: Duration) -> bool {
         return false;
     };
     spawn_copy(&mut copies, first);
+    let mut copying_from = vec![first];
     let mut source = None;
     while source.is_none() {
-        match tokio::time::timeout(STAGGER, copies.join_next()).await {
-            Ok(Some(Ok((peer, true)))) => source = Some(peer),
+        let hedge = match tokio::time::timeout(COPY_CHECK, copies.join_next()).await {
+            Ok(Some(Ok((peer, true)))) => {
+                source = Some(peer);
+                false
+            }
             Ok(None) => break,
-            Ok(Some(_)) | Err(_) => {
-                if let Some(peer) = next.next() {
+            // A copy failed: try the next member.
+            Ok(Some(_)) => true,
+            // Still copying: hedge only if every source has stopped being up.
+            Err(_) => copying_from.iter().all(|p| !node.membership.is_up(p)),
+        };
+        if hedge {
+            match next.next() {
+                Some(peer) => {
                     spawn_copy(&mut copies, peer);
-                } else if copies.is_empty() {
-                    break;
+                    copying_from.push(peer);
                 }
+                None if copies.is_empty() => break,
+                None => {}
             }
         }
     }
