@@ -224,6 +224,13 @@ enum Outcome {
     BadBody { msg: String },
 }
 
+/// Sends a request and reads the whole answer: its status and body.
+async fn exchange(req: reqwest::RequestBuilder) -> Result<(u16, bytes::Bytes), reqwest::Error> {
+    let resp = req.send().await?;
+    let code = resp.status().as_u16();
+    Ok((code, resp.bytes().await?))
+}
+
 fn transport(e: reqwest::Error) -> Outcome {
     let kind = if e.is_timeout() {
         "transport: timeout"
@@ -307,13 +314,8 @@ impl Ctx {
                     .body(json!({ "value": value, "causal-metadata": meta }).to_string())
             }
         };
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => return transport(e),
-        };
-        let code = resp.status().as_u16();
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
+        let (code, bytes) = match exchange(req).await {
+            Ok(answer) => answer,
             Err(e) => return transport(e),
         };
         let ok = match op {
@@ -374,19 +376,12 @@ impl Ctx {
                 json!({ "key": k, "value": self.b64.encode(value) }),
             ),
         };
-        let resp = match client
+        let req = client
             .post(url)
             .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return transport(e),
-        };
-        let code = resp.status().as_u16();
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
+            .body(body.to_string());
+        let (code, bytes) = match exchange(req).await {
+            Ok(answer) => answer,
             Err(e) => return transport(e),
         };
         if code != 200 {
