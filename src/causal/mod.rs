@@ -7,4 +7,4 @@ mod replica;
 
 pub use clock::VectorClock;
 pub use metadata::{CausalMetadata, InvalidMetadata};
-pub use replica::{Admission, Dot, Readiness, Replica, Stamp};
+pub use replica::{Admission, Readiness, Replica, Stamp};

@@ -1,8 +1,8 @@
 //! The causal replica state machine: which writes a node has applied, how it stamps new ones,
 //! and when a remote write or a client's dependencies are satisfied. No I/O happens here.
 //!
-//! Every write gets a [`Dot`] `(era, origin, seq)`: it is the `seq`-th write its origin
-//! coordinated in the current reshard era. A replica applies each origin's writes in `seq`
+//! Every write is identified by `(era, origin, seq)` in its [`Stamp`]: it is the `seq`-th
+//! write its origin coordinated in the current reshard era. A replica applies each origin's writes in `seq`
 //! order and only after the writes they depend on inside the shard, so its `applied` clock
 //! always describes a causally closed set of writes. A client's token is satisfied when
 //! `applied` covers the token's entries for nodes of this shard; entries for other shards
@@ -12,14 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{CausalMetadata, VectorClock};
 use crate::NodeId;
-
-/// The identity of one write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Dot {
-    pub era: u64,
-    pub origin: NodeId,
-    pub seq: u64,
-}
 
 /// The last-writer-wins order of writes to one key.
 ///
@@ -33,16 +25,6 @@ pub struct Stamp {
     pub lamport: u64,
     pub origin: NodeId,
     pub seq: u64,
-}
-
-impl Stamp {
-    pub fn dot(&self) -> Dot {
-        Dot {
-            era: self.era,
-            origin: self.origin,
-            seq: self.seq,
-        }
-    }
 }
 
 /// Whether a request with some dependencies can proceed here.
