@@ -1,5 +1,5 @@
-//! The compact binary form of a node address, shared by the causal-metadata token and the
-//! packed storage format: `4` or `6`, the IP octets, then the port (big-endian).
+//! Compact binary forms shared by the causal-metadata token and the packed storage format:
+//! node addresses (`4` or `6`, the IP octets, then the port, big-endian) and LEB128 varints.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -34,9 +34,39 @@ pub fn read_addr(bytes: &[u8]) -> Option<(SocketAddr, usize)> {
     Some((SocketAddr::new(ip, port), at + 2))
 }
 
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a varint at the start of `bytes`; returns it and the bytes it took.
+pub fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().take(10).enumerate() {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [0, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
+            let mut out = vec![];
+            put_varint(&mut out, v);
+            assert_eq!(read_varint(&out), Some((v, out.len())));
+            assert_eq!(read_varint(&out[..out.len() - 1]), None);
+        }
+    }
 
     #[test]
     fn addresses_round_trip() {

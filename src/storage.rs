@@ -34,12 +34,12 @@ pub struct Record {
     pub entry: Entry,
 }
 
-/// The store keeps each version packed into one heap block (see [`packed`]): a million keys
-/// then cost one small table slot and two allocations each, instead of a 128-byte slot and
-/// four allocations.
+/// The store keeps each key and its version packed into one heap block (see [`Slot`]): a
+/// million keys then cost a 16-byte table slot and one allocation each, instead of a
+/// 128-byte slot and four allocations.
 #[derive(Debug, Default)]
 pub struct Store {
-    entries: DashMap<Box<str>, Box<[u8]>>,
+    entries: DashMap<Slot, ()>,
 }
 
 impl Store {
@@ -50,36 +50,35 @@ impl Store {
     pub fn get(&self, key: &str) -> Option<Entry> {
         self.entries
             .get(key)
-            .and_then(|e| packed::unpack(e.value()))
+            .and_then(|e| packed::unpack(e.key().version()))
     }
 
     pub fn is_live(&self, key: &str) -> bool {
         self.entries
             .get(key)
-            .is_some_and(|e| packed::is_live(e.value()))
+            .is_some_and(|e| packed::is_live(e.key().version()))
     }
 
     /// Keeps whichever of the stored and the given entry has the larger stamp.
     /// Returns true when `entry` was stored.
     pub fn merge(&self, key: &str, entry: Entry) -> bool {
-        let newer = |current: &[u8]| packed::stamp(current).is_none_or(|s| entry.stamp > s);
-        if let Some(mut current) = self.entries.get_mut(key) {
-            if !newer(current.value()) {
-                return false;
-            }
-            *current = packed::pack(&entry);
-            return true;
+        let newer =
+            |current: &Slot| packed::stamp(current.version()).is_none_or(|s| entry.stamp > s);
+        // Most merges of an old write end here, without building the new slot.
+        if self.entries.get(key).is_some_and(|e| !newer(e.key())) {
+            return false;
         }
-        // Another thread may have inserted meanwhile: settle it under the entry's lock.
-        match self.entries.entry(key.into()) {
-            dashmap::Entry::Occupied(mut slot) => {
-                if !newer(slot.get()) {
+        // Another thread may have written meanwhile: settle it under the entry's lock.
+        match self.entries.entry(Slot::new(key, &entry)) {
+            dashmap::Entry::Occupied(slot) => {
+                if !newer(slot.key()) {
                     return false;
                 }
-                slot.insert(packed::pack(&entry));
+                // Replaces the stored key too: it carries the version.
+                slot.replace_entry(());
             }
             dashmap::Entry::Vacant(slot) => {
-                slot.insert(packed::pack(&entry));
+                slot.insert(());
             }
         }
         true
@@ -89,7 +88,7 @@ impl Store {
     pub fn live_count(&self, owned: impl Fn(&str) -> bool) -> usize {
         self.entries
             .iter()
-            .filter(|e| packed::is_live(e.value()) && owned(e.key()))
+            .filter(|e| packed::is_live(e.key().version()) && owned(e.key().key()))
             .count()
     }
 
@@ -105,11 +104,15 @@ impl Store {
     pub fn records_where(&self, select: impl Fn(&str, &Stamp) -> bool) -> Vec<Record> {
         self.entries
             .iter()
-            .filter(|e| packed::stamp(e.value()).is_some_and(|s| select(e.key(), &s)))
             .filter_map(|e| {
+                let slot = e.key();
+                let stamp = packed::stamp(slot.version())?;
+                if !select(slot.key(), &stamp) {
+                    return None;
+                }
                 Some(Record {
-                    key: e.key().to_string(),
-                    entry: packed::unpack(e.value())?,
+                    key: slot.key().to_owned(),
+                    entry: packed::unpack(slot.version())?,
                 })
             })
             .collect()
@@ -123,70 +126,171 @@ impl Store {
 
     /// Drops every key `keep` refuses (keys that moved to another shard).
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.entries.retain(|k, _| keep(k));
+        self.entries.retain(|slot, _| keep(slot.key()));
     }
 }
 
-/// One version of a key in a single allocation:
-/// `[live u8][era u64][lamport u64][seq u64][origin][metadata len u16][metadata][value]`,
-/// integers little-endian, origin in the shared compact form (`codec`).
+/// A key and its current version in one allocation: `[key len u8][key][packed version]`.
+/// The table looks slots up by their key alone (`Hash`, `Eq` and `Borrow<str>` all see only
+/// the key), so a slot is both the table's key and its value.
+#[derive(Debug)]
+struct Slot(Box<[u8]>);
+
+impl Slot {
+    fn new(key: &str, entry: &Entry) -> Self {
+        // Keys are at most 50 characters (200 bytes); a longer one is cut at a character
+        // boundary rather than mis-stored.
+        let mut end = key.len().min(usize::from(u8::MAX));
+        while !key.is_char_boundary(end) {
+            end -= 1;
+        }
+        let key = &key[..end];
+        let mut bytes = Vec::with_capacity(1 + key.len() + packed::size(entry));
+        bytes.push(key.len() as u8);
+        bytes.extend_from_slice(key.as_bytes());
+        packed::pack_into(entry, &mut bytes);
+        // Copied into a block of the exact size: shrinking the estimate in place would leave
+        // a small free fragment behind every one of a million entries.
+        Self(Box::from(bytes.as_slice()))
+    }
+
+    fn key_len(&self) -> usize {
+        usize::from(self.0.first().copied().unwrap_or(0))
+    }
+
+    fn key(&self) -> &str {
+        let bytes = self.0.get(1..1 + self.key_len()).unwrap_or_default();
+        // Built from a `&str` cut at a character boundary: always valid.
+        std::str::from_utf8(bytes).unwrap_or_default()
+    }
+
+    fn version(&self) -> &[u8] {
+        self.0.get(1 + self.key_len()..).unwrap_or_default()
+    }
+}
+
+impl std::hash::Hash for Slot {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Must hash exactly as `str` does, for lookups by `&str`.
+        self.key().hash(state)
+    }
+}
+
+impl PartialEq for Slot {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Slot {}
+
+impl std::borrow::Borrow<str> for Slot {
+    fn borrow(&self) -> &str {
+        self.key()
+    }
+}
+
+/// One version of a key, packed:
+/// `[flags u8][era][lamport][seq][origin][metadata len][metadata][value]`, numbers as
+/// varints, origin in the shared compact form (`codec`). Flag bit 0: live; bit 1: the
+/// metadata is the token's raw bytes (the base64 text is rebuilt on reads: a quarter less
+/// memory for the largest part of an entry but the value).
 mod packed {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+
     use super::Entry;
     use crate::causal::Stamp;
-    use crate::codec::{put_addr, read_addr};
+    use crate::codec::{put_addr, put_varint, read_addr, read_varint};
 
+    const LIVE: u8 = 1;
+    const RAW_TOKEN: u8 = 2;
+
+    /// The packed size of `entry`, at most.
+    pub fn size(entry: &Entry) -> usize {
+        48 + entry.metadata.len() + entry.value.as_deref().map_or(0, str::len)
+    }
+
+    #[cfg(test)]
     pub fn pack(entry: &Entry) -> Box<[u8]> {
-        let value = entry.value.as_deref().unwrap_or_default();
-        let mut out = Vec::with_capacity(48 + entry.metadata.len() + value.len());
-        out.push(u8::from(entry.value.is_some()));
-        out.extend_from_slice(&entry.stamp.era.to_le_bytes());
-        out.extend_from_slice(&entry.stamp.lamport.to_le_bytes());
-        out.extend_from_slice(&entry.stamp.seq.to_le_bytes());
-        put_addr(&mut out, &entry.stamp.origin);
-        // Tokens name at most a few thousand nodes, far below 64 KiB.
-        let meta = entry.metadata.as_bytes();
-        let meta = &meta[..meta.len().min(usize::from(u16::MAX))];
-        out.extend_from_slice(&(meta.len() as u16).to_le_bytes());
-        out.extend_from_slice(meta);
-        out.extend_from_slice(value.as_bytes());
+        let mut out = Vec::with_capacity(size(entry));
+        pack_into(entry, &mut out);
         out.into_boxed_slice()
     }
 
+    pub fn pack_into(entry: &Entry, out: &mut Vec<u8>) {
+        // Tokens this store issued are canonical base64, so they decode and re-encode to
+        // the same text; anything else is kept as text.
+        let raw = URL_SAFE_NO_PAD.decode(&entry.metadata).ok();
+        let mut flags = 0;
+        if entry.value.is_some() {
+            flags |= LIVE;
+        }
+        if raw.is_some() {
+            flags |= RAW_TOKEN;
+        }
+        out.push(flags);
+        put_varint(out, entry.stamp.era);
+        put_varint(out, entry.stamp.lamport);
+        put_varint(out, entry.stamp.seq);
+        put_addr(out, &entry.stamp.origin);
+        let meta = raw.as_deref().unwrap_or(entry.metadata.as_bytes());
+        put_varint(out, meta.len() as u64);
+        out.extend_from_slice(meta);
+        out.extend_from_slice(entry.value.as_deref().unwrap_or_default().as_bytes());
+    }
+
     pub fn is_live(bytes: &[u8]) -> bool {
-        bytes.first() == Some(&1)
+        bytes.first().is_some_and(|f| f & LIVE != 0)
     }
 
-    fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
-        Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
-    }
+    /// Reads consecutive fields from the front of a packed entry.
+    struct Cursor<'a>(&'a [u8]);
 
-    /// The stamp, and where the metadata length starts.
-    fn header(bytes: &[u8]) -> Option<(Stamp, usize)> {
-        let (era, lamport, seq) = (u64_at(bytes, 1)?, u64_at(bytes, 9)?, u64_at(bytes, 17)?);
-        let (origin, used) = read_addr(bytes.get(25..)?)?;
-        let stamp = Stamp {
-            era,
-            lamport,
-            origin,
-            seq,
-        };
-        Some((stamp, 25 + used))
+    impl<'a> Cursor<'a> {
+        fn varint(&mut self) -> Option<u64> {
+            let (v, used) = read_varint(self.0)?;
+            self.0 = &self.0[used..];
+            Some(v)
+        }
+
+        fn stamp(&mut self) -> Option<Stamp> {
+            let (era, lamport, seq) = (self.varint()?, self.varint()?, self.varint()?);
+            let (origin, used) = read_addr(self.0)?;
+            self.0 = &self.0[used..];
+            Some(Stamp {
+                era,
+                lamport,
+                origin,
+                seq,
+            })
+        }
+
+        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+            let head = self.0.get(..n)?;
+            self.0 = &self.0[n..];
+            Some(head)
+        }
     }
 
     pub fn stamp(bytes: &[u8]) -> Option<Stamp> {
-        header(bytes).map(|(stamp, _)| stamp)
+        Cursor(bytes.get(1..)?).stamp()
     }
 
     pub fn unpack(bytes: &[u8]) -> Option<Entry> {
-        let (stamp, at) = header(bytes)?;
-        let meta_len = usize::from(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
-        let meta_end = at + 2 + meta_len;
-        let metadata = std::str::from_utf8(bytes.get(at + 2..meta_end)?)
-            .ok()?
-            .to_owned();
-        let value = std::str::from_utf8(bytes.get(meta_end..)?).ok()?.to_owned();
+        let flags = *bytes.first()?;
+        let mut cursor = Cursor(&bytes[1..]);
+        let stamp = cursor.stamp()?;
+        let meta_len = usize::try_from(cursor.varint()?).ok()?;
+        let meta = cursor.take(meta_len)?;
+        let metadata = if flags & RAW_TOKEN != 0 {
+            URL_SAFE_NO_PAD.encode(meta)
+        } else {
+            std::str::from_utf8(meta).ok()?.to_owned()
+        };
+        let value = std::str::from_utf8(cursor.0).ok()?.to_owned();
         Some(Entry {
-            value: is_live(bytes).then_some(value),
+            value: (flags & LIVE != 0).then_some(value),
             stamp,
             metadata,
         })
@@ -225,6 +329,29 @@ mod tests {
     }
 
     #[test]
+    fn keys_of_any_characters_are_found_by_their_text() {
+        let store = Store::new();
+        let keys = [
+            "ключ/with spaces",
+            "k",
+            "日本語のキー",
+            "x".repeat(50).as_str(),
+        ]
+        .map(String::from);
+        for (i, key) in keys.iter().enumerate() {
+            assert!(store.merge(key, entry(Some(key), i as u64 + 1, 1, i as u64 + 1)));
+        }
+        for key in &keys {
+            assert_eq!(store.get(key).unwrap().value.as_deref(), Some(key.as_str()));
+        }
+        assert!(store.get("ключ").is_none());
+        // A newer version replaces the stored slot, key included, and the key still resolves.
+        assert!(store.merge("k", entry(Some("v2"), 99, 1, 99)));
+        assert_eq!(store.get("k").unwrap().value.as_deref(), Some("v2"));
+        assert_eq!(store.len(), keys.len());
+    }
+
+    #[test]
     fn tombstones_win_over_older_values_and_do_not_count() {
         let s = Store::new();
         s.merge("k", entry(Some("v"), 1, 1, 1));
@@ -259,7 +386,27 @@ mod tests {
         e.metadata = "x".repeat(300);
         assert_eq!(packed::unpack(&packed::pack(&e)), Some(e.clone()));
         e.value = Some(String::new());
+        assert_eq!(packed::unpack(&packed::pack(&e)), Some(e.clone()));
+        // Metadata that is not canonical base64 is kept as text.
+        e.metadata = "not a token!".into();
+        e.stamp.lamport = u64::MAX;
         assert_eq!(packed::unpack(&packed::pack(&e)), Some(e));
+    }
+
+    #[test]
+    fn tokens_are_stored_as_their_raw_bytes() {
+        let token = crate::causal::CausalMetadata::new(
+            3,
+            [("10.10.0.2:8080".parse().unwrap(), 123_456)]
+                .into_iter()
+                .collect(),
+        )
+        .encode();
+        let mut e = entry(Some("v"), 1, 1, 1);
+        e.metadata = token.clone();
+        let packed = packed::pack(&e);
+        assert!(packed.len() < token.len() + 20, "{} bytes", packed.len());
+        assert_eq!(packed::unpack(&packed).unwrap().metadata, token);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use super::clock::VectorClock;
-use crate::codec::{put_addr, read_addr};
+use crate::codec::{put_addr, put_varint, read_addr, read_varint};
 
 const FORMAT_VERSION: u8 = 1;
 const CHECKSUM_SEED: u64 = 0x6b76_735f_6361_7573; // "kvs_caus"
@@ -71,14 +71,6 @@ impl CausalMetadata {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 /// A strict decoder: any deviation from what `encode` writes is an error.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -103,15 +95,9 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self) -> Result<u64, InvalidMetadata> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            value |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(InvalidMetadata)
+        let (value, used) = read_varint(self.bytes).ok_or(InvalidMetadata)?;
+        self.bytes = &self.bytes[used..];
+        Ok(value)
     }
 
     fn addr(&mut self) -> Result<SocketAddr, InvalidMetadata> {
