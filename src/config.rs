@@ -48,6 +48,14 @@ pub struct Args {
     /// How long a request waits for missing causal dependencies before answering 503.
     #[arg(long, env = "KVS_DEPENDENCY_TIMEOUT_MS", default_value_t = 5000)]
     pub dependency_timeout_ms: u64,
+    /// TCP port of the relay channel that carries forwarded requests between nodes, on the
+    /// bind address's IP; 0 picks a free port. Either way the port is advertised by gossip.
+    #[arg(long, env = "KVS_RELAY_PORT", default_value_t = 0)]
+    pub relay_port: u16,
+    /// Threads serving HTTP, and as many running background work (replication, relay).
+    /// Lower it when several nodes share a host's cores.
+    #[arg(long, env = "KVS_WORKERS", default_value_t = 2)]
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +67,8 @@ pub struct Config {
     pub bind_address: SocketAddr,
     pub gossip_interval: Duration,
     pub dependency_timeout: Duration,
+    pub relay_port: u16,
+    pub workers: usize,
 }
 
 /// A configuration error: one line naming the variable at fault.
@@ -134,6 +144,9 @@ impl Config {
         if args.gossip_interval_ms == 0 {
             return Err(bad("KVS_GOSSIP_INTERVAL_MS", "must be positive"));
         }
+        if !(1..=64).contains(&args.workers) {
+            return Err(bad("KVS_WORKERS", "must be between 1 and 64"));
+        }
         Ok(Self {
             socket_address,
             view,
@@ -142,6 +155,8 @@ impl Config {
             bind_address,
             gossip_interval: Duration::from_millis(args.gossip_interval_ms),
             dependency_timeout: Duration::from_millis(args.dependency_timeout_ms),
+            relay_port: args.relay_port,
+            workers: args.workers,
         })
     }
 }
@@ -185,6 +200,8 @@ mod tests {
             bind_address: None,
             gossip_interval_ms: 200,
             dependency_timeout_ms: 5000,
+            relay_port: 0,
+            workers: 2,
         }
     }
 

@@ -4,8 +4,9 @@
 //!
 //! - [`http`] parses and validates it against the contract, then asks [`node::Node::route`]
 //!   where the key lives. Keys map to shards by rendezvous hashing over the [`shard`] map.
-//! - A key of another shard is forwarded to a live member of that shard ([`peer`]), whose
-//!   answer is relayed unchanged.
+//! - A key of another shard is forwarded to a live member of that shard over the [`relay`]
+//!   channel (or HTTP, [`peer`], until the member's relay port is known), and its answer is
+//!   passed back unchanged.
 //! - A key of this node's shard is served by [`node`]: it first waits until the writes the
 //!   client's causal metadata depends on are applied here ([`causal`]), then reads or writes
 //!   [`storage`].
@@ -23,6 +24,7 @@ pub mod http;
 pub mod membership;
 pub mod node;
 pub mod peer;
+pub mod relay;
 pub mod replication;
 pub mod shard;
 pub mod storage;
@@ -40,7 +42,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(count) => shard::ShardMap::initial(&config.view, count)?,
         None => shard::ShardMap::none(),
     };
-    let gossip = vec![(membership::KEY_MAP.to_owned(), serde_json::to_string(&map)?)];
+    // Bound before gossip starts, so that the port peers learn is already listening.
+    let relay_bind = std::net::SocketAddr::new(config.bind_address.ip(), config.relay_port);
+    let relay_listener = tokio::net::TcpListener::bind(relay_bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("relay channel: cannot listen on {relay_bind}: {e}"))?;
+    let relay_port = relay_listener.local_addr()?.port();
+    let gossip = vec![
+        (membership::KEY_MAP.to_owned(), serde_json::to_string(&map)?),
+        (membership::KEY_RELAY.to_owned(), relay_port.to_string()),
+    ];
     let membership = membership::Membership::start(&config, gossip).await?;
     log::info!(
         "node {} listening on {} ({:?} format), {} shards known",
@@ -52,6 +63,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let node = Arc::new(node::Node::new(config, membership, map));
     replication::spawn_background(&node);
     tokio::spawn(admin::expire_stale_freezes(node.clone()));
+    tokio::spawn(relay::serve(
+        relay_listener,
+        http::relay_handler(node.clone()),
+    ));
+    tokio::spawn(node::drop_relays_to_lost_peers(node.clone()));
     let server = http::server(node)?;
     let handle = server.handle();
     tokio::select! {

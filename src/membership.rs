@@ -24,6 +24,8 @@ use crate::NodeId;
 pub const KEY_MAP: &str = "map";
 /// Gossip key holding the node's applied clock (a causal-metadata token).
 pub const KEY_APPLIED: &str = "applied";
+/// Gossip key holding the node's relay port (see [`crate::relay`]).
+pub const KEY_RELAY: &str = "relay";
 
 /// What one live node advertises.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,6 +33,7 @@ pub struct PeerState {
     pub generation: u64,
     pub map: Option<String>,
     pub applied: Option<String>,
+    pub relay_port: Option<u16>,
 }
 
 /// The nodes the failure detector believes alive, this node included.
@@ -174,6 +177,12 @@ impl Membership {
             .is_some_and(|s| admin.removed.get(node) != Some(&s.generation))
     }
 
+    /// Where `node`'s relay channel listens, once its gossip has said so.
+    pub fn relay_address(&self, node: &NodeId) -> Option<NodeId> {
+        let port = self.live.borrow().nodes.get(node)?.relay_port?;
+        Some(NodeId::new(node.ip(), port))
+    }
+
     /// The view as the view endpoints report it.
     pub fn view(&self) -> BTreeSet<NodeId> {
         let admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
@@ -228,6 +237,7 @@ async fn follow_live_nodes(
                     generation: id.generation_id,
                     map: state.get(KEY_MAP).map(str::to_owned),
                     applied: state.get(KEY_APPLIED).map(str::to_owned),
+                    relay_port: state.get(KEY_RELAY).and_then(|p| p.parse().ok()),
                 };
                 let newer = set
                     .nodes

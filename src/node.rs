@@ -5,7 +5,7 @@
 //! administrative changes in `admin`, and the HTTP surface in `http`; all of them act through
 //! the methods here.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -75,12 +75,17 @@ pub struct Node {
     pub outbox: Outbox,
     pub membership: Membership,
     pub peers: Peers,
+    /// Carries forwarded client requests to other shards' members.
+    pub relay: crate::relay::Client,
     write_gate: Arc<RwLock<()>>,
     pub(crate) pending: Mutex<Option<PendingReshard>>,
     /// Wakes the anti-entropy loop for an immediate pull.
     pub(crate) pull_wanted: Notify,
     /// Serializes administrative changes coordinated by this node.
     pub(crate) admin: tokio::sync::Mutex<()>,
+    /// Held while this node copies its whole shard, so that the anti-entropy loop and an
+    /// add-member's catch-up never run two copies at once.
+    pub(crate) copying: tokio::sync::Mutex<()>,
     /// For each peer, how far it has acknowledged this node's writes: (era, seq).
     pub(crate) acks: DashMap<NodeId, (u64, u64)>,
 }
@@ -104,9 +109,11 @@ impl Node {
             outbox: Outbox::new(OUTBOX_CAPACITY),
             membership,
             peers: Peers::new(),
+            relay: crate::relay::Client::new(),
             write_gate: Arc::new(RwLock::new(())),
             pending: Mutex::new(None),
             pull_wanted: Notify::new(),
+            copying: tokio::sync::Mutex::new(()),
             admin: tokio::sync::Mutex::new(()),
             acks: DashMap::new(),
             config,
@@ -170,17 +177,30 @@ impl Node {
         Ok(Route::Remote(shard, self.forwarding_order(members)))
     }
 
-    /// Live members first, each node preferring its own member of every shard (by rendezvous
-    /// over forwarder and member). A client's chained requests through one node thus reach
-    /// one replica, which never waits for its own earlier writes to arrive from another,
-    /// while different forwarders spread their load over the shard.
+    /// Live members first, each node preferring its own member of every shard. A client's
+    /// chained requests through one node thus reach one replica, which never waits for its
+    /// own earlier writes to arrive from another. The i-th member of a shard starts at the
+    /// i-th member of the other (rotating from there), so that forwarders spread their load
+    /// evenly over the shard's members rather than by chance.
     pub fn forwarding_order(&self, members: &BTreeSet<NodeId>) -> Vec<NodeId> {
-        let mut order: Vec<NodeId> = members.iter().copied().collect();
-        let me = self.me.to_string();
-        order.sort_by_cached_key(|m| {
-            let preference = crate::shard::key_hash(&format!("{me}>{m}"));
-            (!self.membership.is_up(m), std::cmp::Reverse(preference))
-        });
+        if members.is_empty() {
+            return Vec::new();
+        }
+        let map = self.map();
+        let start = map
+            .shard_of(&self.me)
+            .and_then(|s| map.members(s))
+            .and_then(|mine| mine.iter().position(|n| *n == self.me))
+            .unwrap_or_else(|| address_hash(&self.me) as usize);
+        let mut order: Vec<NodeId> = members
+            .iter()
+            .cycle()
+            .skip(start % members.len())
+            .take(members.len())
+            .copied()
+            .collect();
+        // Stable: live members keep their rotation order.
+        order.sort_by_key(|m| !self.membership.is_up(m));
         order
     }
 
@@ -390,10 +410,21 @@ impl Node {
         let map = self.map();
         let mine = map.shard_of(&self.me);
         let mut recent = lock(&self.recent);
+        // A copy larger than the log would only churn through it: the log instead records
+        // that it lacks everything up to the copy's clock, which sends peers that know less
+        // to a scan, as eviction would have.
+        let log_records = response.records.len() <= recent.capacity();
+        if !log_records {
+            recent.forget_up_to(&response.applied);
+        }
         for record in response.records {
             if mine.is_some() && map.shard_for_key(&record.key) == mine {
-                self.store.merge(&record.key, record.entry.clone());
-                recent.push(Arc::new(record));
+                if log_records {
+                    self.store.merge(&record.key, record.entry.clone());
+                    recent.push(Arc::new(record));
+                } else {
+                    self.store.merge(&record.key, record.entry);
+                }
             }
         }
         drop(recent);
@@ -515,4 +546,36 @@ impl Node {
         self.store
             .live_count(|key| mine.is_some() && map.shard_for_key(key) == mine)
     }
+}
+
+/// Closes relay connections to peers the failure detector no longer sees (or that came
+/// back on another port), so that requests waiting on them fail over at once.
+pub async fn drop_relays_to_lost_peers(node: Arc<Node>) {
+    let mut live = node.membership.subscribe();
+    let mut known: HashMap<NodeId, NodeId> = HashMap::new();
+    loop {
+        let current: HashMap<NodeId, NodeId> = live
+            .borrow_and_update()
+            .nodes
+            .iter()
+            .filter_map(|(n, state)| Some((*n, NodeId::new(n.ip(), state.relay_port?))))
+            .collect();
+        for (peer, relay) in &known {
+            if current.get(peer) != Some(relay) {
+                node.relay.disconnect(*relay);
+            }
+        }
+        known = current;
+        if live.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Spreads nodes that belong to no shard over a shard's members.
+fn address_hash(node: &NodeId) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    node.hash(&mut hasher);
+    hasher.finish()
 }

@@ -79,6 +79,26 @@ impl Peers {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
+        let bytes = self.call_for_bytes(peer, path, body, timeout).await?;
+        serde_json::from_slice(&bytes).map_err(|e| PeerError::Status {
+            peer,
+            status: 200,
+            body: format!("undecodable answer: {e}"),
+        })
+    }
+
+    /// Like [`Peers::call`], but leaves the (successful) answer undecoded, for callers that
+    /// decode large answers off the runtime.
+    pub async fn call_for_bytes<Req>(
+        &self,
+        peer: NodeId,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Bytes, PeerError>
+    where
+        Req: Serialize + ?Sized,
+    {
         let unreachable = |e: reqwest::Error| PeerError::Unreachable {
             peer,
             reason: e.to_string(),
@@ -101,11 +121,7 @@ impl Peers {
                 body: String::from_utf8_lossy(&bytes).into_owned(),
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| PeerError::Status {
-            peer,
-            status: status.as_u16(),
-            body: format!("undecodable answer: {e}"),
-        })
+        Ok(bytes)
     }
 
     /// Sends a client's request on to `peer` unchanged and returns its status and body.

@@ -40,9 +40,15 @@ async fn replicate(node: NodeData, batch: web::Json<ReplicateBatch>) -> HttpResp
 
 async fn sync(node: NodeData, request: web::Json<SyncRequest>) -> HttpResponse {
     let node = node.get_ref().clone();
-    // Collecting a large shard is CPU work: keep it off the HTTP worker.
-    let response = tokio::task::spawn_blocking(move || node.snapshot_for(&request)).await;
-    answer(response.map_err(|_| KvsError::Unavailable))
+    // Collecting and encoding a whole shard is seconds of CPU: keep it off the HTTP worker.
+    let body =
+        tokio::task::spawn_blocking(move || serde_json::to_vec(&node.snapshot_for(&request))).await;
+    match body {
+        Ok(Ok(body)) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(body),
+        _ => reply::error(Op::Put, &KvsError::Unavailable),
+    }
 }
 
 async fn absorb(node: NodeData, body: web::Json<Absorb>) -> HttpResponse {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -14,7 +15,9 @@ use super::{hops, json_object, read_body, BODY_LIMIT};
 use crate::causal::CausalMetadata;
 use crate::error::KvsError;
 use crate::node::{Node, Route, FREEZE_WAIT};
-use crate::peer::{Relayed, EPOCH_HEADER, MAX_HOPS};
+use crate::peer::{Relayed as HttpRelayed, EPOCH_HEADER, MAX_HOPS};
+use crate::relay::{Call, RelayError};
+use crate::NodeId;
 
 pub const MAX_KEY_CHARS: usize = 50;
 const PREFIX: &str = "/key-value-store/";
@@ -67,12 +70,37 @@ impl KvRequest {
 }
 
 /// The key as the client wrote it: the rest of the path, percent-decoded once.
-fn key_from_path(req: &HttpRequest) -> Result<String, KvsError> {
-    let raw = req.uri().path().strip_prefix(PREFIX).unwrap_or_default();
+fn key_from_path(path_and_query: &str) -> Result<String, KvsError> {
+    let path = path_and_query.split('?').next().unwrap_or_default();
+    let raw = path.strip_prefix(PREFIX).unwrap_or_default();
     percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map(|k| k.into_owned())
         .map_err(|_| KvsError::BadRequest("Key is not valid UTF-8".into()))
+}
+
+/// A key-value answer, whichever way the request came (HTTP or the relay channel).
+#[derive(Debug)]
+pub struct KvAnswer {
+    pub status: StatusCode,
+    /// A JSON body.
+    pub body: Bytes,
+}
+
+impl KvAnswer {
+    fn error(op: Op, error: &KvsError) -> Self {
+        let (status, body) = reply::error_body(op, error);
+        Self {
+            status,
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    fn into_response(self) -> HttpResponse {
+        HttpResponse::build(self.status)
+            .content_type("application/json")
+            .body(self.body)
+    }
 }
 
 pub async fn handle(
@@ -80,46 +108,88 @@ pub async fn handle(
     payload: web::Payload,
     node: web::Data<Arc<Node>>,
 ) -> HttpResponse {
+    // Served for the whole `/key-value-store` scope; only `/key-value-store/<key>` exists.
+    if !req.uri().path().starts_with(PREFIX) {
+        return reply::not_found(req.method().as_str());
+    }
     let Some(op) = Op::from_method(req.method()) else {
         return reply::method_not_allowed(req.method().as_str());
     };
     let Ok(body) = read_body(payload).await else {
         return reply::too_large(op.name(), BODY_LIMIT);
     };
-    let key = match key_from_path(&req) {
+    let sender_epoch = req
+        .headers()
+        .get(EPOCH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path(), |p| p.as_str());
+    serve(&node, op, path, body, hops(&req), sender_epoch)
+        .await
+        .into_response()
+}
+
+/// The relay channel's handler: a relayed request is served as if it came by HTTP.
+pub fn relay_handler(
+    node: Arc<Node>,
+) -> impl Fn(Call) -> BoxFuture<'static, (u16, Bytes)> + Clone + Send + Sync + 'static {
+    move |call: Call| {
+        let node = node.clone();
+        Box::pin(async move {
+            let answer = serve(&node, call.op, &call.path, call.body, call.hops, call.epoch).await;
+            (answer.status.as_u16(), answer.body)
+        })
+    }
+}
+
+/// Serves a key-value request that reached this node directly (`hops` 0) or was forwarded
+/// by a node whose map had `sender_epoch`.
+async fn serve(
+    node: &Node,
+    op: Op,
+    path_and_query: &str,
+    body: Bytes,
+    hops: u32,
+    sender_epoch: u64,
+) -> KvAnswer {
+    let key = match key_from_path(path_and_query) {
         Ok(key) => key,
-        Err(e) => return reply::error(op, &e),
+        Err(e) => return KvAnswer::error(op, &e),
     };
-    let hops = hops(&req);
-    if hops > 0 {
-        let sender_epoch = req
-            .headers()
-            .get(EPOCH_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if sender_epoch > node.map().epoch {
-            node.await_epoch(sender_epoch).await;
-        }
+    if hops > 0 && sender_epoch > node.map().epoch {
+        node.await_epoch(sender_epoch).await;
     }
     // A request for another shard is relayed as it came: the owner validates it, and its
     // answer (an error included) goes back unchanged.
+    let relayed = |members| Relayed {
+        op,
+        path_and_query,
+        body: body.clone(),
+        members,
+        hops,
+    };
     match node.route(&key) {
-        Ok(Route::Remote(..)) => forward(&node, &req, body, op, &key, hops).await,
+        Ok(Route::Remote(_, members)) => forward(node, relayed(members)).await,
         Ok(Route::Local(_)) => {
             let request = match KvRequest::parse(op, key, &body) {
                 Ok(request) => request,
-                Err(e) => return reply::error(op, &e),
+                Err(e) => return KvAnswer::error(op, &e),
             };
-            match execute(&node, &request).await {
-                Err(KvsError::NotOwner(_)) => {
-                    forward(&node, &req, body, op, &request.key, hops).await
-                }
-                Ok(response) => response,
-                Err(e) => reply::error(op, &e),
+            match execute(node, &request).await {
+                // The map changed while the request waited: route it again.
+                Err(KvsError::NotOwner(_)) => match node.route(&request.key) {
+                    Ok(Route::Remote(_, members)) => forward(node, relayed(members)).await,
+                    _ => KvAnswer::error(op, &KvsError::Unavailable),
+                },
+                Ok(answer) => answer,
+                Err(e) => KvAnswer::error(op, &e),
             }
         }
-        Err(e) => reply::error(op, &e),
+        Err(e) => KvAnswer::error(op, &e),
     }
 }
 
@@ -144,16 +214,20 @@ struct Written<'a> {
     shard_id: String,
 }
 
-fn json_reply(status: StatusCode, body: &impl Serialize) -> HttpResponse {
-    match serde_json::to_string(body) {
-        Ok(text) => HttpResponse::build(status)
-            .content_type("application/json")
-            .body(text),
-        Err(_) => HttpResponse::InternalServerError().finish(),
+fn json_reply(status: StatusCode, body: &impl Serialize) -> KvAnswer {
+    match serde_json::to_vec(body) {
+        Ok(text) => KvAnswer {
+            status,
+            body: Bytes::from(text),
+        },
+        Err(_) => KvAnswer {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            body: Bytes::new(),
+        },
     }
 }
 
-async fn execute(node: &Node, request: &KvRequest) -> Result<HttpResponse, KvsError> {
+async fn execute(node: &Node, request: &KvRequest) -> Result<KvAnswer, KvsError> {
     match request.op {
         Op::Get => {
             let entry = node.read(&request.key, &request.deps).await?;
@@ -185,54 +259,86 @@ async fn execute(node: &Node, request: &KvRequest) -> Result<HttpResponse, KvsEr
     }
 }
 
-/// Relays the request to a member of the key's shard, trying the next one if a member
-/// cannot be reached, and passes its answer back unchanged.
-async fn forward(
-    node: &Node,
-    req: &HttpRequest,
-    body: Bytes,
+/// A request on its way to another shard.
+struct Relayed<'a> {
     op: Op,
-    key: &str,
+    path_and_query: &'a str,
+    body: Bytes,
+    /// Members of the key's shard, in order of preference.
+    members: Vec<NodeId>,
+    /// Hops so far.
     hops: u32,
-) -> HttpResponse {
-    let unavailable = || reply::error(op, &KvsError::Unavailable);
-    if hops >= MAX_HOPS {
+}
+
+/// Relays the request to a member of the key's shard, trying the next one if a member
+/// cannot be reached, and passes its answer back unchanged. A write whose answer is lost
+/// on the way is not sent again to another member: it may have been applied, and a second
+/// copy could overwrite a later write of another client.
+async fn forward(node: &Node, request: Relayed<'_>) -> KvAnswer {
+    let unavailable = || KvAnswer::error(request.op, &KvsError::Unavailable);
+    if request.hops >= MAX_HOPS {
         return unavailable();
     }
-    let Ok(Route::Remote(_, members)) = node.route(key) else {
-        return unavailable();
-    };
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| req.uri().path().to_owned());
-    let method = match op {
-        Op::Get => reqwest::Method::GET,
-        Op::Put => reqwest::Method::PUT,
-        Op::Delete => reqwest::Method::DELETE,
-    };
     let timeout = node.config.dependency_timeout + FREEZE_WAIT + Duration::from_secs(5);
-    let relayed = Relayed {
-        method,
-        path_and_query: path,
-        body,
-        hops: hops + 1,
-        epoch: node.map().epoch,
-    };
-    for member in members.into_iter().take(3) {
-        match node.peers.relay(member, &relayed, timeout).await {
-            Ok((status, bytes)) => {
-                return HttpResponse::build(
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-                )
-                .content_type("application/json")
-                .body(bytes)
+    let epoch = node.map().epoch;
+    for &member in request.members.iter().take(3) {
+        let Some(relay_address) = node.membership.relay_address(&member) else {
+            match relay_over_http(node, &request, member, epoch, timeout).await {
+                Ok(answer) => return answer,
+                Err(e) => log::debug!("forwarding to {member} failed: {e}"),
+            }
+            continue;
+        };
+        let call = Call {
+            id: 0,
+            op: request.op,
+            hops: request.hops + 1,
+            epoch,
+            path: request.path_and_query.to_owned(),
+            body: request.body.clone(),
+        };
+        match node.relay.call(relay_address, call, timeout).await {
+            Ok(answer) => {
+                return KvAnswer {
+                    status: StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY),
+                    body: answer.body,
+                }
+            }
+            Err(e @ RelayError::NoAnswer(..)) if request.op != Op::Get => {
+                log::warn!("forwarding to {member} failed: {e}");
+                return unavailable();
             }
             Err(e) => log::debug!("forwarding to {member} failed: {e}"),
         }
     }
     unavailable()
+}
+
+/// Relays over HTTP, to a member whose relay port this node has not learnt yet.
+async fn relay_over_http(
+    node: &Node,
+    request: &Relayed<'_>,
+    member: NodeId,
+    epoch: u64,
+    timeout: Duration,
+) -> Result<KvAnswer, crate::peer::PeerError> {
+    let method = match request.op {
+        Op::Get => reqwest::Method::GET,
+        Op::Put => reqwest::Method::PUT,
+        Op::Delete => reqwest::Method::DELETE,
+    };
+    let relayed = HttpRelayed {
+        method,
+        path_and_query: request.path_and_query.to_owned(),
+        body: request.body.clone(),
+        hops: request.hops + 1,
+        epoch,
+    };
+    let (status, body) = node.peers.relay(member, &relayed, timeout).await?;
+    Ok(KvAnswer {
+        status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+        body,
+    })
 }
 
 #[cfg(test)]

@@ -61,6 +61,12 @@ fn status_of(error: &KvsError) -> StatusCode {
 
 /// The contract's error body for `error` in operation `op`.
 pub fn error(op: Op, error: &KvsError) -> HttpResponse {
+    let (status, body) = error_body(op, error);
+    json(status, body)
+}
+
+/// The status and body of [`error`].
+pub fn error_body(op: Op, error: &KvsError) -> (StatusCode, Value) {
     let message = format!("Error in {}", op.name());
     let body = match error {
         KvsError::KeyNotFound => json!({
@@ -75,7 +81,7 @@ pub fn error(op: Op, error: &KvsError) -> HttpResponse {
         }),
         _ => json!({ "error": error.to_string(), "message": message }),
     };
-    json(status_of(error), body)
+    (status_of(error), body)
 }
 
 pub fn ok(body: Value) -> HttpResponse {

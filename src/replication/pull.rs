@@ -26,19 +26,34 @@ const PERIOD: Duration = Duration::from_millis(500);
 const ALONE_GRACE: Duration = Duration::from_secs(2);
 
 /// Pulls from one peer and takes in the answer.
-pub async fn pull_from(node: &Node, peer: NodeId, full: bool) -> bool {
+pub async fn pull_from(node: &Arc<Node>, peer: NodeId, full: bool) -> bool {
     let request = node.pull_request(full);
-    match node
+    let body = match node
         .peers
-        .call::<_, SyncResponse>(peer, PATH_SYNC, &request, PULL_TIMEOUT)
+        .call_for_bytes(peer, PATH_SYNC, &request, PULL_TIMEOUT)
         .await
     {
-        Ok(response) => node.absorb_snapshot(response),
+        Ok(body) => body,
         Err(e) => {
             log::debug!("pull from {peer} failed: {e}");
-            false
+            return false;
         }
-    }
+    };
+    let node = node.clone();
+    // A full copy is a million records: decoding and merging them takes seconds of CPU,
+    // which must not stall the runtime's other tasks (gossip, pushes, requests).
+    let absorbed =
+        tokio::task::spawn_blocking(
+            move || match serde_json::from_slice::<SyncResponse>(&body) {
+                Ok(response) => node.absorb_snapshot(response),
+                Err(e) => {
+                    log::warn!("pull from {peer}: undecodable answer: {e}");
+                    false
+                }
+            },
+        )
+        .await;
+    absorbed.unwrap_or(false)
 }
 
 /// How often a node copying its shard checks that the members it copies from are still up.
@@ -51,6 +66,11 @@ const COPY_CHECK: Duration = Duration::from_secs(1);
 /// is never duplicated. `grace` bounds the wait for those deltas; they go
 /// on in the background. Returns whether a full copy arrived.
 pub async fn full_pull(node: &Arc<Node>, grace: Duration) -> bool {
+    let _copying = node.copying.lock().await;
+    if node.is_synced() {
+        // Another copy finished while this one waited (a map change unmarks it).
+        return true;
+    }
     let map = node.map();
     let Some(members) = node.my_shard().and_then(|s| map.members(s)) else {
         return false;

@@ -36,6 +36,16 @@ impl RecentLog {
         self.evicted = VectorClock::new();
     }
 
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Takes note that writes up to `clock` may be missing from the log (they were taken in
+    /// without being logged), as if they had been evicted.
+    pub fn forget_up_to(&mut self, clock: &VectorClock) {
+        self.evicted.merge(clock);
+    }
+
     /// Records a write just applied. Writes of other eras are ignored.
     pub fn push(&mut self, record: Arc<Record>) {
         if record.entry.stamp.era != self.era {
@@ -118,6 +128,16 @@ mod tests {
         assert!(log.delta(0, &VectorClock::new()).is_none());
         let seen: VectorClock = [(n(1), 1)].into_iter().collect();
         assert_eq!(keys(log.delta(0, &seen).unwrap()), ["k1-2", "k1-3"]);
+    }
+
+    #[test]
+    fn writes_taken_in_unlogged_count_as_evicted() {
+        let mut log = RecentLog::new(0, 4);
+        log.forget_up_to(&[(n(1), 5)].into_iter().collect());
+        log.push(rec(1, 6, 0));
+        assert!(log.delta(0, &[(n(1), 4)].into_iter().collect()).is_none());
+        let seen: VectorClock = [(n(1), 5)].into_iter().collect();
+        assert_eq!(keys(log.delta(0, &seen).unwrap()), ["k1-6"]);
     }
 
     #[test]

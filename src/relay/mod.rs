@@ -1,0 +1,178 @@
+//! The relay channel: how a node forwards client requests to the owners of their keys.
+//!
+//! A forwarded request over HTTP costs the forwarding node a second full HTTP exchange, and
+//! the owner a full HTTP request, per client request. Here each pair of nodes shares one TCP
+//! connection that carries many requests at once as length-prefixed [`frame`]s, matched to
+//! their answers by id; each side writes whatever frames are queued in one system call.
+//! The owner serves a relayed request exactly as an HTTP one ([`crate::http`] supplies the
+//! handler), so the client gets the same answer either way.
+//!
+//! Every node listens on its own relay port and advertises it by gossip; a node whose port
+//! is not known yet is reached over HTTP instead.
+
+pub mod client;
+pub mod frame;
+pub mod server;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+pub use client::{Client, RelayError};
+pub use frame::{Answer, Call};
+pub use server::serve;
+
+/// Calls in flight per connection, in each direction.
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// Bytes gathered into one write at most.
+const MAX_WRITE: usize = 256 * 1024;
+
+/// Writes the frames queued on `frames`, as many as are waiting in one write, until the
+/// channel closes or the connection fails.
+async fn write_coalesced(mut frames: mpsc::Receiver<BytesMut>, mut socket: OwnedWriteHalf) {
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    while let Some(frame) = frames.recv().await {
+        out.extend_from_slice(&frame);
+        while out.len() < MAX_WRITE {
+            match frames.try_recv() {
+                Ok(frame) => out.extend_from_slice(&frame),
+                Err(_) => break,
+            }
+        }
+        if socket.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+    }
+}
+
+/// Makes room for the next read without growing the buffer on every small read.
+fn reserve_for_read(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 16 * 1024 {
+        buf.reserve(64 * 1024);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::http::reply::Op;
+
+    fn call(path: &str, body: &str) -> Call {
+        Call {
+            id: 0,
+            op: Op::Get,
+            hops: 1,
+            epoch: 1,
+            path: path.into(),
+            body: Bytes::from(body.to_owned()),
+        }
+    }
+
+    /// A listener answering with the path and body it received, after waiting as many
+    /// milliseconds as the body says.
+    async fn echo_server() -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, |call: Call| async move {
+            let wait: u64 = std::str::from_utf8(&call.body)
+                .ok()
+                .and_then(|b| b.parse().ok())
+                .unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let text = format!("{} {}", call.path, String::from_utf8_lossy(&call.body));
+            (200, Bytes::from(text))
+        }));
+        addr
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_share_a_connection_and_get_their_own_answers() {
+        let addr = echo_server().await;
+        let client = std::sync::Arc::new(Client::new());
+        let mut tasks = Vec::new();
+        for i in 0..200u64 {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                // Later calls answer first: answers are matched by id, not by order.
+                let wait = (200 - i) / 20;
+                let path = format!("/key-value-store/k{i}");
+                let answer = client
+                    .call(addr, call(&path, &wait.to_string()), Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                assert_eq!(answer.status, 200);
+                assert_eq!(answer.body, format!("{path} {wait}"));
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(client.connection_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn unreachable_peers_and_silent_ones_fail_differently() {
+        let client = Client::new();
+        // Nothing listens there: the call never left, another member may be tried.
+        let closed = {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listener.local_addr().unwrap()
+        };
+        let err = client
+            .call(closed, call("/k", ""), Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RelayError::NotSent(..)), "{err}");
+
+        // Sent, then no answer in time: the caller must not assume it was not applied.
+        let addr = echo_server().await;
+        let err = client
+            .call(addr, call("/k", "2000"), Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RelayError::NoAnswer(..)), "{err}");
+        // The connection stays usable.
+        let answer = client
+            .call(addr, call("/k", "0"), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(answer.body, "/k 0");
+    }
+
+    #[tokio::test]
+    async fn disconnecting_a_peer_fails_its_waiting_calls_at_once() {
+        let addr = echo_server().await;
+        let client = std::sync::Arc::new(Client::new());
+        let waiting = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .call(addr, call("/k", "10000"), Duration::from_secs(20))
+                    .await
+            })
+        };
+        while client.connection_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.disconnect(addr);
+        let result = tokio::time::timeout(Duration::from_secs(2), waiting)
+            .await
+            .expect("the waiting call ends at once")
+            .unwrap();
+        assert!(matches!(result, Err(RelayError::NoAnswer(..))));
+        // A later call opens a new connection.
+        let answer = client
+            .call(addr, call("/k", "0"), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+    }
+}
