@@ -105,16 +105,22 @@ impl Replica {
 
     /// Stamps a write coordinated here. The caller has checked that `deps` are ready.
     ///
-    /// The write's metadata covers the client's dependencies and everything this node has
-    /// applied, so a later write here always supersedes an earlier one, even from another client.
+    /// The write's metadata is the client's dependencies plus the write itself (which, as
+    /// origins' writes apply in order, implies this node's earlier writes), and no more: what
+    /// this node merely applied from other clients is not in the write's causal past, and
+    /// making every write depend on it made replicas wait on each other's pushes (writes
+    /// from three origins blocked each other round after round) and clients wait on writes
+    /// they never saw. A later write here still supersedes an earlier one: the Lamport time
+    /// in the stamp orders them.
     pub fn stamp_local_write(&mut self, deps: &CausalMetadata) -> (Stamp, CausalMetadata) {
         let seq = self.own_seq() + 1;
         self.applied.set(self.me, seq);
         self.lamport += 1;
-        let mut clock = self.applied.clone();
+        let mut clock = VectorClock::new();
         if deps.era == self.era {
             clock.merge(&deps.clock);
         }
+        clock.set(self.me, seq);
         let stamp = Stamp {
             era: self.era,
             lamport: self.lamport,
@@ -228,6 +234,20 @@ mod tests {
         assert_eq!(c.admit(&bar, &bar_meta.clock, shard), Admission::Blocked);
         c.record_applied(&foo);
         assert_eq!(c.admit(&bar, &bar_meta.clock, shard), Admission::Apply);
+    }
+
+    #[test]
+    fn a_write_depends_on_its_client_and_its_origin_only() {
+        let mut b = Replica::new(n(2), 0);
+        let (from_b, _) = b.stamp_local_write(&CausalMetadata::default());
+        let mut a = Replica::new(n(1), 0);
+        a.record_applied(&from_b);
+        // Another client's write that A merely applied is not in this write's past.
+        let (_, meta) = a.stamp_local_write(&CausalMetadata::default());
+        assert_eq!(meta.clock, [(n(1), 1)].into_iter().collect());
+        let deps = CausalMetadata::new(0, [(n(2), 1)].into_iter().collect());
+        let (_, meta) = a.stamp_local_write(&deps);
+        assert_eq!(meta.clock, [(n(1), 2), (n(2), 1)].into_iter().collect());
     }
 
     #[test]
