@@ -3,7 +3,7 @@
 # counters are not available in this VM) and prints where the CPU goes, per process and per
 # function (inclusive %, from DWARF call graphs).
 #
-# usage: bench/profile.sh [forwarded-get|forwarded-put|local-get|local-put|kvs3-get|kvs3-put] [SECONDS]
+# usage: [ROLE=owner] bench/profile.sh [forwarded-get|forwarded-put|local-get|local-put|kvs3-get|kvs3-put] [SECONDS]
 #
 # Builds kvs with symbols into a separate target dir (/tmp/kvs-bench-prof-target, about 4 min
 # the first time), starts the store on 127.0.79.x, drives the load with kvs-bench and records
@@ -59,6 +59,8 @@ else
         forwarded-*) TARGETS=$M1; RECORD=${M1%%,*} ;;
         *) TARGETS=$M0; RECORD=${M0%%,*} ;;
     esac
+    # ROLE=owner profiles an owner under a forwarded workload instead of a forwarder.
+    [ "${ROLE:-}" = owner ] && RECORD=${M0%%,*}
 fi
 nice -n -10 "$BENCH" load --targets "$TARGETS" "${KEYS[@]}" --spread worker --concurrency 32 --threads 1 \
     --duration $((SECS + 4)) --warmup 0 --read-ratio $ratio --label "$WORKLOAD" >"$OUT/load.out" &

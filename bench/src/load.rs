@@ -462,6 +462,8 @@ async fn worker(ctx: Arc<Ctx>, id: usize, plan: Plan, seed: u64) -> Stats {
     let mut token = String::new();
     let mut stats = Stats::default();
     let mut k: u32 = 0;
+    // When the previous answer arrived: a session cannot send before it.
+    let mut answered: Option<Instant> = None;
     loop {
         let due = plan.interval.map(|iv| plan.start + iv * k);
         let now = Instant::now();
@@ -494,10 +496,15 @@ async fn worker(ctx: Arc<Ctx>, id: usize, plan: Plan, seed: u64) -> Stats {
         let target = ctx.target(id);
         let sent = Instant::now();
         if let (Some(d), true) = (due, measured) {
-            stats.lag(sent.saturating_duration_since(d));
+            // The generator's own delay: from when the request could first have gone (due,
+            // or the previous answer if that came later) to when it went. A late previous
+            // answer is the server's doing and counts in the latency, not here.
+            let ready = answered.map_or(d, |a| a.max(d));
+            stats.lag(sent.saturating_duration_since(ready));
         }
         let t0 = t0.unwrap_or(sent);
         let outcome = ctx.op(id, target, op, &key, &value, &mut token).await;
+        answered = Some(Instant::now());
         let latency = t0.elapsed();
         if measured && record(&mut stats, op, &outcome, latency) && Instant::now() <= plan.deadline
         {
