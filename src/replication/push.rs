@@ -23,6 +23,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Pause before re-sending writes a peer could not apply yet (their dependencies from a
 /// third node are usually on the way).
 const BLOCKED_RETRY: Duration = Duration::from_millis(20);
+/// A batch smaller than this waits [`LINGER`] for more writes before it goes (as Nagle's
+/// algorithm does): at moderate load every write otherwise went out in a request of its
+/// own, which cost the replicas more CPU per write than at full load, and the tail latency
+/// of client writes with it (PUT p99 at 24,000/s on 3 nodes: 10-20 ms, 3.4-5.6 ms with it).
+const LINGER_BELOW: usize = 64;
+/// With tokio's 1 ms timer this delays a small batch by 1-2 ms.
+const LINGER: Duration = Duration::from_millis(1);
 /// How often an idle pusher re-checks the outbox without a wake-up.
 const IDLE_RECHECK: Duration = Duration::from_millis(500);
 
@@ -63,10 +70,16 @@ async fn push_to(node: Arc<Node>, peer: NodeId) {
             era = current_era;
             cursor = 1;
         }
-        let Some(batch) = node.outbox.batch(era, cursor, BATCH) else {
+        let Some(mut batch) = node.outbox.batch(era, cursor, BATCH) else {
             let _ = tokio::time::timeout(IDLE_RECHECK, wake).await;
             continue;
         };
+        if batch.records.len() < LINGER_BELOW {
+            tokio::time::sleep(LINGER).await;
+            if let Some(fuller) = node.outbox.batch(era, cursor, BATCH) {
+                batch = fuller;
+            }
+        }
         let message = ReplicateBatch {
             origin: node.me,
             era,
