@@ -21,6 +21,10 @@ pub const EPOCH_HEADER: &str = "x-kvs-epoch";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
+    /// No connection could be made: the request never left this node.
+    #[error("{peer} not reached: {reason}")]
+    NotConnected { peer: NodeId, reason: String },
+    /// The exchange failed, possibly after the peer received the request.
     #[error("{peer} unreachable: {reason}")]
     Unreachable { peer: NodeId, reason: String },
     #[error("{peer} answered {status}: {body}")]
@@ -131,9 +135,13 @@ impl Peers {
         request: &Relayed,
         timeout: Duration,
     ) -> Result<(u16, Bytes), PeerError> {
-        let unreachable = |e: reqwest::Error| PeerError::Unreachable {
-            peer,
-            reason: e.to_string(),
+        let unreachable = |e: reqwest::Error| {
+            let reason = e.to_string();
+            if e.is_connect() {
+                PeerError::NotConnected { peer, reason }
+            } else {
+                PeerError::Unreachable { peer, reason }
+            }
         };
         let response = self
             .client

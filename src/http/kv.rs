@@ -15,7 +15,7 @@ use super::{hops, json_object, read_body, BODY_LIMIT};
 use crate::causal::CausalMetadata;
 use crate::error::KvsError;
 use crate::node::{Node, Route, FREEZE_WAIT};
-use crate::peer::{Relayed as HttpRelayed, EPOCH_HEADER, MAX_HOPS};
+use crate::peer::{PeerError, Relayed as HttpRelayed, EPOCH_HEADER, MAX_HOPS};
 use crate::relay::{Call, RelayError};
 use crate::NodeId;
 
@@ -285,6 +285,10 @@ async fn forward(node: &Node, request: Relayed<'_>) -> KvAnswer {
         let Some(relay_address) = node.membership.relay_address(&member) else {
             match relay_over_http(node, &request, member, epoch, timeout).await {
                 Ok(answer) => return answer,
+                Err(e @ PeerError::Unreachable { .. }) if request.op != Op::Get => {
+                    log::warn!("forwarding to {member} failed: {e}");
+                    return unavailable();
+                }
                 Err(e) => log::debug!("forwarding to {member} failed: {e}"),
             }
             continue;
@@ -321,7 +325,7 @@ async fn relay_over_http(
     member: NodeId,
     epoch: u64,
     timeout: Duration,
-) -> Result<KvAnswer, crate::peer::PeerError> {
+) -> Result<KvAnswer, PeerError> {
     let method = match request.op {
         Op::Get => reqwest::Method::GET,
         Op::Put => reqwest::Method::PUT,
