@@ -79,16 +79,20 @@ log() { printf '\n=== %s [%s]\n' "$*" "$(date +%T)"; }
 
 # ---------------------------------------------------------------- processes and cleanup
 PIDS=()
-cleanup() {
+# stop_pids PID...: asks them to stop, waits up to 3 s, then kills what is left.
+stop_pids() {
     local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
     for _ in $(seq 30); do
         local alive=0
-        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
         [ $alive = 0 ] && break
         sleep 0.1
     done
-    for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+}
+cleanup() {
+    stop_pids "${PIDS[@]}"
     wait 2>/dev/null || true
     rm -rf /dev/shm/kvs-bench-etcd.$$.* 2>/dev/null || true
     PIDS=()
@@ -98,15 +102,8 @@ trap 'exit 130' INT TERM
 
 # Stops the processes started since the group began (GROUP_START is an index into PIDS).
 stop_group() {
-    local keep=("${PIDS[@]:0:$GROUP_START}") group=("${PIDS[@]:$GROUP_START}") pid
-    for pid in "${group[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for _ in $(seq 30); do
-        local alive=0
-        for pid in "${group[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [ $alive = 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${group[@]}"; do kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    local keep=("${PIDS[@]:0:$GROUP_START}")
+    stop_pids "${PIDS[@]:$GROUP_START}"
     PIDS=("${keep[@]}")
     sleep 1
 }

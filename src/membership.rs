@@ -36,6 +36,13 @@ pub struct PeerState {
     pub relay_port: Option<u16>,
 }
 
+impl PeerState {
+    /// Where `node`, advertising this state, listens for the relay channel.
+    pub fn relay_address(&self, node: &NodeId) -> Option<NodeId> {
+        Some(NodeId::new(node.ip(), self.relay_port?))
+    }
+}
+
 /// The nodes the failure detector believes alive, this node included.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LiveSet {
@@ -179,8 +186,7 @@ impl Membership {
 
     /// Where `node`'s relay channel listens, once its gossip has said so.
     pub fn relay_address(&self, node: &NodeId) -> Option<NodeId> {
-        let port = self.live.borrow().nodes.get(node)?.relay_port?;
-        Some(NodeId::new(node.ip(), port))
+        self.live.borrow().nodes.get(node)?.relay_address(node)
     }
 
     /// The view as the view endpoints report it.

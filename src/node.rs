@@ -174,7 +174,7 @@ impl Node {
         if members.contains(&self.me) {
             return Ok(Route::Local(shard));
         }
-        Ok(Route::Remote(shard, self.forwarding_order(members)))
+        Ok(Route::Remote(shard, self.forwarding_order(&map, members)))
     }
 
     /// Live members first, each node preferring its own member of every shard. A client's
@@ -182,11 +182,10 @@ impl Node {
     /// own earlier writes to arrive from another. The i-th member of a shard starts at the
     /// i-th member of the other (rotating from there), so that forwarders spread their load
     /// evenly over the shard's members rather than by chance.
-    pub fn forwarding_order(&self, members: &BTreeSet<NodeId>) -> Vec<NodeId> {
+    pub fn forwarding_order(&self, map: &ShardMap, members: &BTreeSet<NodeId>) -> Vec<NodeId> {
         if members.is_empty() {
             return Vec::new();
         }
-        let map = self.map();
         let start = map
             .shard_of(&self.me)
             .and_then(|s| map.members(s))
@@ -558,7 +557,7 @@ pub async fn drop_relays_to_lost_peers(node: Arc<Node>) {
             .borrow_and_update()
             .nodes
             .iter()
-            .filter_map(|(n, state)| Some((*n, NodeId::new(n.ip(), state.relay_port?))))
+            .filter_map(|(n, state)| Some((*n, state.relay_address(n)?)))
             .collect();
         for (peer, relay) in &known {
             if current.get(peer) != Some(relay) {

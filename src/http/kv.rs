@@ -96,6 +96,14 @@ impl KvAnswer {
         }
     }
 
+    /// An answer relayed from another node, status as received.
+    fn relayed(status: u16, body: Bytes) -> Self {
+        Self {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            body,
+        }
+    }
+
     fn into_response(self) -> HttpResponse {
         HttpResponse::build(self.status)
             .content_type("application/json")
@@ -302,12 +310,7 @@ async fn forward(node: &Node, request: Relayed<'_>) -> KvAnswer {
             body: request.body.clone(),
         };
         match node.relay.call(relay_address, call, timeout).await {
-            Ok(answer) => {
-                return KvAnswer {
-                    status: StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY),
-                    body: answer.body,
-                }
-            }
+            Ok(answer) => return KvAnswer::relayed(answer.status, answer.body),
             Err(e @ RelayError::NoAnswer(..)) if request.op != Op::Get => {
                 log::warn!("forwarding to {member} failed: {e}");
                 return unavailable();
@@ -339,10 +342,7 @@ async fn relay_over_http(
         epoch,
     };
     let (status, body) = node.peers.relay(member, &relayed, timeout).await?;
-    Ok(KvAnswer {
-        status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-        body,
-    })
+    Ok(KvAnswer::relayed(status, body))
 }
 
 #[cfg(test)]

@@ -119,7 +119,7 @@ pub async fn count_keys(node: &Node, shard: ShardId) -> Result<usize, KvsError> 
     }
     let map = node.map();
     let members = map.members(shard).ok_or(KvsError::UnknownShard)?;
-    for member in node.forwarding_order(members) {
+    for member in node.forwarding_order(&map, members) {
         let answer = node
             .peers
             .call::<_, KeyCount>(

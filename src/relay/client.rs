@@ -141,6 +141,14 @@ impl Client {
         self.connections().len()
     }
 
+    /// How many calls wait for an answer from `addr`.
+    #[cfg(test)]
+    pub(super) fn waiting_calls(&self, addr: SocketAddr) -> usize {
+        self.connections()
+            .get(&addr)
+            .map_or(0, |c| c.pending().waiting.len())
+    }
+
     fn connections(&self) -> MutexGuard<'_, HashMap<SocketAddr, Arc<Connection>>> {
         self.connections.lock().unwrap_or_else(|p| p.into_inner())
     }

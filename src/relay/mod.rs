@@ -158,10 +158,13 @@ mod tests {
                     .await
             })
         };
-        while client.connection_count() == 0 {
-            tokio::task::yield_now().await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while client.waiting_calls(addr) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the call is sent");
         client.disconnect(addr);
         let result = tokio::time::timeout(Duration::from_secs(2), waiting)
             .await

@@ -76,7 +76,7 @@ pub async fn full_pull(node: &Arc<Node>, grace: Duration) -> bool {
         return false;
     };
     let peers: Vec<NodeId> = node
-        .forwarding_order(members)
+        .forwarding_order(&map, members)
         .into_iter()
         .filter(|p| *p != node.me)
         .collect();
