@@ -150,6 +150,49 @@ async fn dependency_fetched_after_pause() {
     }
 }
 
+/// 2b'. A read keeps the client's dependencies: the metadata a GET answers is the client's
+/// merged with the value's, so the client's next read, through a replica that has not yet
+/// received the client's own write, still sees that write. (When a GET answered only the
+/// stored metadata, the client below lost its write to k18 by reading k17.)
+#[tokio::test]
+async fn a_read_keeps_the_clients_own_writes() {
+    use kvs::causal::CausalMetadata;
+    let c = three_nodes().await;
+    warm_up(&c).await;
+    let other = must_put(&c, 1, "k17", "from-someone-else", "").await;
+    let (s, _, _) = ok(c
+        .poll_get(2, "k17", Some(&other), CONVERGE_TIMEOUT, |s, _| s == 200)
+        .await);
+    assert_eq!(s, 200);
+    c.pause(2);
+    let mine = must_put(&c, 0, "k18", "mine", "").await;
+    let (s, body) = c.kv_get(1, "k17", Some(&mine)).await;
+    c.resume(2);
+    assert_eq!(s, 200, "GET k17: {body}");
+    let merged = body["causal-metadata"]
+        .as_str()
+        .expect("metadata")
+        .to_owned();
+    assert_eq!(body["version"], body["causal-metadata"]);
+    let decode = |t: &str| CausalMetadata::decode(t).expect("a token the store issued");
+    let clock = decode(&merged).clock;
+    assert!(
+        clock.dominates(&decode(&mine).clock),
+        "the client's own write is kept"
+    );
+    assert!(
+        clock.dominates(&decode(&other).clock),
+        "and the value's dependencies"
+    );
+    // Node 2 missed the write to k18 while paused; with the merged metadata it must not
+    // answer without it.
+    let (s, body) = c.kv_get(2, "k18", Some(&merged)).await;
+    expect_read(s, &body, "mine", &merged, FMT);
+    // Without metadata a GET still answers exactly what the PUT returned.
+    let (s, body) = c.kv_get(2, "k18", None).await;
+    expect_read(s, &body, "mine", &mine, FMT);
+}
+
 /// 2c. A store whose node 1 hangs (SIGSTOP) from the start still serves
 /// writes and reads on nodes 0 and 2: one hung peer must not hold up the
 /// others' start-up sync.

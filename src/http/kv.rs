@@ -239,10 +239,11 @@ async fn execute(node: &Node, request: &KvRequest) -> Result<KvAnswer, KvsError>
     match request.op {
         Op::Get => {
             let entry = node.read(&request.key, &request.deps).await?;
+            let metadata = read_metadata(&request.deps, entry.metadata);
             let body = Retrieved {
                 message: "Retrieved successfully",
-                version: &entry.metadata,
-                causal_metadata: &entry.metadata,
+                version: &metadata,
+                causal_metadata: &metadata,
                 value: entry.value.as_deref().unwrap_or_default(),
             };
             Ok(json_reply(StatusCode::OK, &body))
@@ -264,6 +265,21 @@ async fn execute(node: &Node, request: &KvRequest) -> Result<KvAnswer, KvsError>
             };
             Ok(json_reply(status, &body))
         }
+    }
+}
+
+/// The metadata a read answers: the client's dependencies merged with the value's, so that
+/// a client that passes it on never loses a dependency by reading (its own earlier writes
+/// above all). A client that sent none gets the stored token exactly, on every replica: the
+/// same string the write of the value returned.
+fn read_metadata(client: &CausalMetadata, stored: String) -> String {
+    if client.is_empty() {
+        return stored;
+    }
+    match CausalMetadata::decode(&stored) {
+        Ok(stored) => client.merged(&stored).encode(),
+        // Only a token this store issued is ever stored; keep the client's, never drop it.
+        Err(_) => client.encode(),
     }
 }
 
