@@ -14,6 +14,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use serde_json::{json, Value};
 use std::fs::{self, OpenOptions};
 use std::future::Future;
@@ -262,9 +264,11 @@ impl Cluster {
     fn add_node(&mut self, addr: SocketAddrV4, view: &str, shard_count: Option<u32>) -> usize {
         let i = self.nodes.len();
         let rust_log = std::env::var("KVS_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_string());
+        let data_dir = self.log_dir.join(format!("node{i}-data"));
         let mut env = vec![
             ("SOCKET_ADDRESS".to_string(), addr.to_string()),
             ("BIND_ADDRESS".to_string(), addr.to_string()),
+            ("KVS_DATA_DIR".to_string(), data_dir.display().to_string()),
             ("VIEW".to_string(), view.to_string()),
             ("API_FORMAT".to_string(), self.api_format.clone()),
             ("RUST_LOG".to_string(), rust_log),
