@@ -7,9 +7,13 @@
 #
 # .cargo/config.toml links glibc statically, so nothing else is needed at run time.
 # Configuration is by environment: SOCKET_ADDRESS, VIEW, SHARD_COUNT, API_FORMAT,
-# BIND_ADDRESS, RUST_LOG (see docs/docker.md).
+# BIND_ADDRESS, KVS_DATA_DIR, KVS_SYNC, RUST_LOG (see README.md and docs/docker.md).
 FROM scratch
 COPY target/x86_64-unknown-linux-gnu/release/kvs /kvs
+# The data directory, writable by the node's user; a volume mounted here starts as a copy
+# of it (same owner). The image has no shell to make it, so it is copied from the context.
+COPY --chown=65534:65534 docker/data /data
+ENV KVS_DATA_DIR=/data
 USER 65534:65534
 # HTTP on TCP 8080, gossip on UDP 8080 (the port of SOCKET_ADDRESS).
 EXPOSE 8080/tcp 8080/udp

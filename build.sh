@@ -30,6 +30,9 @@ Options:
                        (default 127.0.0.1; 0.0.0.0 publishes on every interface)
       --port-base P    host port of node1 (default 8082); node i gets P+i-1
       --timeout SECS   how long to wait for the store to form (default 90)
+      --keep-data      start the nodes on the data volumes of the last store
+                       (the same -n/-s; their data and shard map win over -s);
+                       without it every node starts on an empty volume
   -h, --help           show this help
 
 Environment (defaults in brackets), also read by clean.sh:
@@ -40,6 +43,7 @@ Environment (defaults in brackets), also read by clean.sh:
   KVS_HOST_IP, KVS_PORT_BASE, KVS_WAIT_TIMEOUT   defaults of the options above
   KVS_RUST_LOG   RUST_LOG given to every node (unset: the node's default)
 
+Every node keeps its data on a named volume, <network>-<name>-data, mounted at /data.
 Everything created carries the label kvs.store=<network>; clean.sh removes exactly that.
 EOF
 }
@@ -63,6 +67,7 @@ ONLY_ADD_NODE=0
 BUILD=1
 CARGO=1
 BUILD_ONLY=0
+KEEP_DATA=0
 NODE_PORT=8080
 LABEL="kvs.store=${NETWORK}"
 
@@ -81,6 +86,7 @@ while [[ $# -gt 0 ]]; do
         --host-ip) need_value "$@"; HOST_IP="$2"; shift 2 ;;
         --port-base) need_value "$@"; PORT_BASE="$2"; shift 2 ;;
         --timeout) need_value "$@"; TIMEOUT="$2"; shift 2 ;;
+        --keep-data) KEEP_DATA=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown option '$1' (see --help)" ;;
     esac
@@ -173,6 +179,27 @@ remove_store() {
     fi
 }
 
+volume_name() { echo "${NETWORK}-$(node_name "$1")-data"; }
+
+# A fresh store starts on empty volumes: the data of an earlier store (its shard map
+# included) would otherwise win over this run's settings.
+remove_volumes() {
+    local ids
+    ids="$(docker volume ls -q --filter "label=$LABEL")"
+    if [[ -n "$ids" ]]; then
+        log "removing the data volumes of the old store"
+        # shellcheck disable=SC2086
+        docker volume rm $ids >/dev/null
+    fi
+}
+
+ensure_volume() {
+    local volume
+    volume="$(volume_name "$1")"
+    docker volume inspect "$volume" >/dev/null 2>&1 \
+        || docker volume create --label "$LABEL" "$volume" >/dev/null
+}
+
 check_name_free() {
     local name="$1"
     if docker container inspect "$name" >/dev/null 2>&1; then
@@ -193,9 +220,11 @@ start_node() {
     env_args+=(-e "SOCKET_ADDRESS=$(node_addr "$i")" -e "VIEW=$view" -e "API_FORMAT=$FORMAT")
     (( with_shards )) && env_args+=(-e "SHARD_COUNT=$SHARDS")
     [[ -n "$RUST_LOG_VALUE" ]] && env_args+=(-e "RUST_LOG=$RUST_LOG_VALUE")
+    ensure_volume "$i"
     docker run -d --name "$name" --hostname "$name" \
         --label "$LABEL" --label "kvs.node=$i" \
         --network "$NETWORK" --ip "$(node_ip "$i")" \
+        -v "$(volume_name "$i"):/data" \
         -p "${HOST_IP}:$(host_port "$i"):${NODE_PORT}/tcp" \
         "${env_args[@]}" "$IMAGE" >/dev/null \
         || die "could not start $name (port $(host_port "$i") or address $(node_ip "$i") in use? ./clean.sh removes an old store)"
@@ -206,8 +235,10 @@ if (( ONLY_ADD_NODE )); then
     old="$(docker ps -aq --filter "label=$LABEL" --filter "label=kvs.node=$EXTRA")"
     # shellcheck disable=SC2086
     [[ -z "$old" ]] || docker rm -f $old >/dev/null
+    (( KEEP_DATA )) || docker volume rm "$(volume_name "$EXTRA")" >/dev/null 2>&1 || true
 else
     remove_store
+    (( KEEP_DATA )) || remove_volumes
     for (( i = 1; i <= NODES + ADD_NODE; i++ )); do check_name_free "$(node_name "$i")"; done
     ensure_network
     for (( i = 1; i <= NODES; i++ )); do
@@ -295,4 +326,4 @@ if (( ADD_NODE )); then
        -d '{"socket-address":"$(node_addr "$EXTRA")"}' $(url 1)/key-value-store-shard/add-member/0
 EOF
 fi
-echo "Stop and remove everything: ./clean.sh"
+echo "Stop and remove everything: ./clean.sh (./clean.sh --keep-data keeps the volumes for ./build.sh --keep-data)"

@@ -6,22 +6,28 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF2'
-Usage: ./clean.sh [-h|--help]
+Usage: ./clean.sh [--keep-data] [-h|--help]
 
-Removes every container labelled kvs.store=$KVS_NETWORK and then the network
-$KVS_NETWORK itself if it carries that label (a network build.sh did not create is
-kept). The image is kept.
+Removes every container and data volume labelled kvs.store=$KVS_NETWORK and then
+the network $KVS_NETWORK itself if it carries that label (a network build.sh did not
+create is kept). The image is kept.
+
+  --keep-data   keep the nodes' data volumes (./build.sh --keep-data starts the
+                store again on them)
 
 Environment (as for build.sh):
   KVS_NETWORK   network name [mynet]
 EOF2
 }
 
-case "${1:-}" in
-    -h|--help) usage; exit 0 ;;
-    "") ;;
-    *) echo "clean.sh: unknown option '$1' (see --help)" >&2; exit 1 ;;
-esac
+KEEP_DATA=0
+for arg in "$@"; do
+    case "$arg" in
+        -h|--help) usage; exit 0 ;;
+        --keep-data) KEEP_DATA=1 ;;
+        *) echo "clean.sh: unknown option '$arg' (see --help)" >&2; exit 1 ;;
+    esac
+done
 
 NETWORK="${KVS_NETWORK:-mynet}"
 LABEL="kvs.store=${NETWORK}"
@@ -34,6 +40,17 @@ if [[ -n "$ids" ]]; then
     echo "==> removing containers: $names" >&2
     # shellcheck disable=SC2086
     docker rm -f $ids >/dev/null
+fi
+
+volumes="$(docker volume ls -q --filter "label=$LABEL")"
+if [[ -n "$volumes" ]]; then
+    if (( KEEP_DATA )); then
+        echo "==> keeping data volumes: $(tr '\n' ' ' <<<"$volumes")" >&2
+    else
+        echo "==> removing data volumes: $(tr '\n' ' ' <<<"$volumes")" >&2
+        # shellcheck disable=SC2086
+        docker volume rm $volumes >/dev/null
+    fi
 fi
 
 if docker network inspect "$NETWORK" >/dev/null 2>&1; then

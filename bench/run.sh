@@ -113,12 +113,15 @@ begin_group() { GROUP_START=${#PIDS[@]}; }
 declare -A NODE_PID
 start_kvs() {
     local name=$1 shards=$2 view=$3 addr=$4
+    # A fresh data directory per node and run (durable storage, the default).
+    local data="$OUT/data/$name-$addr"
+    rm -rf "$data"
     if [ -n "$shards" ]; then
         SOCKET_ADDRESS=$addr BIND_ADDRESS=$addr VIEW=$view SHARD_COUNT=$shards RUST_LOG=warn \
-            "${NICE[@]}" "$KVS" >"$OUT/logs/$name-$addr.log" 2>&1 &
+            KVS_DATA_DIR=$data "${NICE[@]}" "$KVS" >"$OUT/logs/$name-$addr.log" 2>&1 &
     else
         SOCKET_ADDRESS=$addr BIND_ADDRESS=$addr VIEW=$view RUST_LOG=warn \
-            "${NICE[@]}" "$KVS" >"$OUT/logs/$name-$addr.log" 2>&1 &
+            KVS_DATA_DIR=$data "${NICE[@]}" "$KVS" >"$OUT/logs/$name-$addr.log" 2>&1 &
     fi
     PIDS+=($!)
     NODE_PID[$addr]=$!

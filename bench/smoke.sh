@@ -47,7 +47,8 @@ BENCH=${BENCH_BIN:-$(find_bin kvs-bench)}
 START=$(date +%s)
 V=$IP.11:18080,$IP.12:18080,$IP.13:18080
 for a in ${V//,/ }; do
-    SOCKET_ADDRESS=$a BIND_ADDRESS=$a VIEW=$V SHARD_COUNT=1 RUST_LOG=warn "$KVS" >"$TMP/node-$a.log" 2>&1 &
+    SOCKET_ADDRESS=$a BIND_ADDRESS=$a VIEW=$V SHARD_COUNT=1 RUST_LOG=warn KVS_DATA_DIR="$TMP/data-$a" \
+        "$KVS" >"$TMP/node-$a.log" 2>&1 &
     PIDS+=($!)
 done
 "$BENCH" serve-fixed --bind $IP.40:19000 >"$TMP/fixed.log" 2>&1 &

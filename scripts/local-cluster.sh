@@ -2,11 +2,15 @@
 # Runs a kvs store on this host, one process per node on 127.0.0.2, 127.0.0.3, ... (port
 # 8080 by default), until Ctrl-C. No Docker needed.
 #
-#   scripts/local-cluster.sh [-n NODES] [-s SHARDS] [-p PORT] [-f 2019|2020] [--release]
+#   scripts/local-cluster.sh [-n NODES] [-s SHARDS] [-p PORT] [-f 2019|2020] [--release] [--fresh]
+#
+# Each node keeps its data in kvs-data/local/<ip>_<port>, so a store stopped with Ctrl-C
+# and started again has every key it had (and its shard map, which wins over -n/-s);
+# --fresh removes that data first.
 set -euo pipefail
 
-nodes=3 shards=1 port=8080 format=2019 profile=debug
-usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; }
+nodes=3 shards=1 port=8080 format=2019 profile=debug fresh=0
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     -n|--nodes) nodes=$2; shift 2 ;;
@@ -14,6 +18,7 @@ while [ $# -gt 0 ]; do
     -p|--port) port=$2; shift 2 ;;
     -f|--format) format=$2; shift 2 ;;
     --release) profile=release; shift ;;
+    --fresh) fresh=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -27,6 +32,8 @@ cd "$(dirname "$0")/.."
 if [ "$profile" = release ]; then cargo build --release --bin kvs; else cargo build --bin kvs; fi
 binary=target/x86_64-unknown-linux-gnu/$profile/kvs
 logs=$(mktemp -d -t kvs-local-XXXXXX)
+data=kvs-data/local
+[ "$fresh" = 1 ] && rm -rf "$data"
 
 view=""
 for i in $(seq 2 $((nodes + 1))); do view="$view${view:+,}127.0.0.$i:$port"; done
@@ -36,7 +43,7 @@ trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; echo "stopped; logs in $l
 for i in $(seq 2 $((nodes + 1))); do
   addr=127.0.0.$i:$port
   SOCKET_ADDRESS=$addr BIND_ADDRESS=$addr VIEW=$view SHARD_COUNT=$shards API_FORMAT=$format \
-    "$binary" >"$logs/node$i.log" 2>&1 &
+    KVS_DATA_DIR="$data/127.0.0.${i}_$port" "$binary" >"$logs/node$i.log" 2>&1 &
   pids+=($!)
 done
 
@@ -48,7 +55,7 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 echo "kvs: $nodes nodes, $shards shard(s), view $view"
-echo "logs: $logs"
+echo "logs: $logs; data: $data (--fresh starts empty)"
 echo "try:  curl -X PUT http://$first/key-value-store/hello -H 'Content-Type: application/json' -d '{\"value\":\"world\"}'"
 echo "Ctrl-C stops the store."
 wait

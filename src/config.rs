@@ -56,6 +56,42 @@ pub struct Args {
     /// Lower it when several nodes share a host's cores.
     #[arg(long, env = "KVS_WORKERS", default_value_t = 2)]
     pub workers: usize,
+    /// Directory of this node's data; default `kvs-data/<ip>_<port>` under the working
+    /// directory (`/data` in the Docker image).
+    #[arg(long, env = "KVS_DATA_DIR")]
+    pub data_dir: Option<String>,
+    /// Keep data in memory only: a restarted node then starts empty and copies its shard.
+    #[arg(long, env = "KVS_IN_MEMORY")]
+    pub in_memory: bool,
+    /// When writes reach the disk device: `periodic` (every KVS_SYNC_INTERVAL_MS; a crash of
+    /// the process loses nothing, a power cut loses at most that interval) or `always`
+    /// (before every write is answered).
+    #[arg(long = "sync", env = "KVS_SYNC", default_value = "periodic")]
+    pub sync: String,
+    /// Interval of periodic syncs, in milliseconds.
+    #[arg(long, env = "KVS_SYNC_INTERVAL_MS", default_value_t = 100)]
+    pub sync_interval_ms: u64,
+    /// Block cache of the storage engine, in MiB.
+    #[arg(long, env = "KVS_CACHE_MB", default_value_t = 64)]
+    pub cache_mb: u64,
+}
+
+/// When acknowledged writes are synced to the disk device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// By a background task at this interval.
+    Periodic(Duration),
+    /// Before each write is answered (concurrent writes share one sync).
+    Always,
+}
+
+/// Where and how a node keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// `None`: in memory only.
+    pub dir: Option<std::path::PathBuf>,
+    pub sync: SyncMode,
+    pub cache_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +105,7 @@ pub struct Config {
     pub dependency_timeout: Duration,
     pub relay_port: u16,
     pub workers: usize,
+    pub storage: StorageConfig,
 }
 
 /// A configuration error: one line naming the variable at fault.
@@ -147,7 +184,9 @@ impl Config {
         if !(1..=64).contains(&args.workers) {
             return Err(bad("KVS_WORKERS", "must be between 1 and 64"));
         }
+        let storage = storage_config(args, socket_address)?;
         Ok(Self {
+            storage,
             socket_address,
             view,
             shard_count,
@@ -159,6 +198,37 @@ impl Config {
             workers: args.workers,
         })
     }
+}
+
+fn storage_config(args: &Args, me: NodeId) -> Result<StorageConfig, ConfigError> {
+    let sync = match args.sync.trim() {
+        "" | "periodic" => {
+            if args.sync_interval_ms == 0 {
+                return Err(bad("KVS_SYNC_INTERVAL_MS", "must be positive"));
+            }
+            SyncMode::Periodic(Duration::from_millis(args.sync_interval_ms))
+        }
+        "always" => SyncMode::Always,
+        other => {
+            return Err(bad(
+                "KVS_SYNC",
+                format!("'{other}' is neither periodic nor always"),
+            ))
+        }
+    };
+    let dir = match (args.in_memory, present(&args.data_dir)) {
+        (true, _) => None,
+        (false, Some(dir)) => Some(std::path::PathBuf::from(dir)),
+        (false, None) => Some(
+            std::path::Path::new("kvs-data")
+                .join(format!("{}_{}", me.ip(), me.port()).replace([':', '[', ']'], "_")),
+        ),
+    };
+    Ok(StorageConfig {
+        dir,
+        sync,
+        cache_bytes: args.cache_mb.max(1) << 20,
+    })
 }
 
 fn parse_shard_count(text: &str, view: &BTreeSet<NodeId>, me: NodeId) -> Result<u32, ConfigError> {
@@ -202,7 +272,32 @@ mod tests {
             dependency_timeout_ms: 5000,
             relay_port: 0,
             workers: 2,
+            data_dir: None,
+            in_memory: false,
+            sync: "periodic".into(),
+            sync_interval_ms: 100,
+            cache_mb: 64,
         }
+    }
+
+    #[test]
+    fn storage_is_durable_by_default_in_a_directory_per_node() {
+        let c = Config::from_args(&args(Some("10.10.0.2:8080"), Some(VIEW), Some("2"))).unwrap();
+        assert_eq!(
+            c.storage.dir.as_deref(),
+            Some(std::path::Path::new("kvs-data/10.10.0.2_8080"))
+        );
+        assert_eq!(
+            c.storage.sync,
+            SyncMode::Periodic(Duration::from_millis(100))
+        );
+        let mut a = args(Some("10.10.0.2:8080"), Some(VIEW), Some("2"));
+        a.in_memory = true;
+        a.sync = "always".into();
+        let c = Config::from_args(&a).unwrap();
+        assert_eq!((c.storage.dir, c.storage.sync), (None, SyncMode::Always));
+        a.sync = "sometimes".into();
+        assert_eq!(Config::from_args(&a).unwrap_err().variable, "KVS_SYNC");
     }
 
     const VIEW: &str = "10.10.0.2:8080,10.10.0.3:8080,10.10.0.4:8080,10.10.0.5:8080";

@@ -24,6 +24,7 @@ pub mod http;
 pub mod membership;
 pub mod node;
 pub mod peer;
+pub mod recovery;
 pub mod relay;
 pub mod replication;
 pub mod shard;
@@ -38,10 +39,12 @@ pub type NodeId = std::net::SocketAddr;
 
 /// Runs a node until its HTTP server stops or the process is told to stop.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let map = match config.shard_count {
+    let initial = match config.shard_count {
         Some(count) => shard::ShardMap::initial(&config.view, count)?,
         None => shard::ShardMap::none(),
     };
+    let start = open_storage(&config, initial)?;
+    let map = start.map.clone();
     // Bound before gossip starts, so that the port peers learn is already listening.
     let relay_bind = std::net::SocketAddr::new(config.bind_address.ip(), config.relay_port);
     let relay_listener = tokio::net::TcpListener::bind(relay_bind)
@@ -60,15 +63,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.api_format,
         map.shards.len()
     );
-    let node = Arc::new(node::Node::new(config, membership, map));
+    let node = Arc::new(node::Node::new(config, membership, start));
     replication::spawn_background(&node);
+    if let config::SyncMode::Periodic(interval) = node.config.storage.sync {
+        tokio::spawn(sync_periodically(node.clone(), interval));
+    }
     tokio::spawn(admin::expire_stale_freezes(node.clone()));
     tokio::spawn(relay::serve(
         relay_listener,
         http::relay_handler(node.clone()),
     ));
     tokio::spawn(node::drop_relays_to_lost_peers(node.clone()));
-    let server = http::server(node)?;
+    let server = http::server(node.clone())?;
     let handle = server.handle();
     tokio::select! {
         result = server => result?,
@@ -77,7 +83,49 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             handle.stop(true).await;
         }
     }
+    if let Some(backend) = node.store.backend() {
+        backend.sync()?;
+    }
     Ok(())
+}
+
+/// The node's data and state: read back from its data directory, or new (`--in-memory`).
+fn open_storage(config: &Config, initial: shard::ShardMap) -> anyhow::Result<recovery::Recovered> {
+    let me = config.socket_address;
+    let Some(dir) = &config.storage.dir else {
+        log::warn!("data is kept in memory only (--in-memory): a restarted node starts empty");
+        return Ok(recovery::Recovered::in_memory(me, initial));
+    };
+    let started = std::time::Instant::now();
+    let disk = storage::disk::Disk::open(dir, config.storage.cache_bytes)
+        .map_err(|e| anyhow::anyhow!("KVS_DATA_DIR {}: {e}", dir.display()))?;
+    let start = recovery::Recovered::from_backend(Arc::new(disk), me, initial)
+        .map_err(|e| anyhow::anyhow!("KVS_DATA_DIR {}: {e}", dir.display()))?;
+    log::info!(
+        "data directory {}: {} keys, era {}, own sequence {}, recovered in {:?}",
+        dir.display(),
+        start.keys,
+        start.replica.era(),
+        start.replica.own_seq(),
+        started.elapsed()
+    );
+    Ok(start)
+}
+
+/// Group commit for `KVS_SYNC=periodic`: whatever was written in the last interval reaches
+/// the device in one sync.
+async fn sync_periodically(node: Arc<node::Node>, interval: std::time::Duration) {
+    let Some(backend) = node.store.backend().cloned() else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        let backend = backend.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || backend.sync()).await {
+            log::error!("periodic sync failed, stopping: {e}");
+            std::process::exit(3);
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -16,14 +16,16 @@ use tokio::time::Instant;
 
 use crate::causal::{Admission, CausalMetadata, Readiness, Replica};
 use crate::config::Config;
+use crate::config::SyncMode;
 use crate::error::{KvsError, Result};
 use crate::membership::{Membership, KEY_MAP};
 use crate::peer::Peers;
+use crate::recovery::{Recovered, META_MAP, META_STATE};
 use crate::replication::outbox::Outbox;
 use crate::replication::protocol::{ReplicateAck, ReplicateBatch, SyncRequest, SyncResponse};
 use crate::replication::recent::RecentLog;
 use crate::shard::{ShardId, ShardMap};
-use crate::storage::{Entry, Record, Store};
+use crate::storage::{Entry, Record, ReplicaState, StorageError, Store};
 use crate::NodeId;
 
 /// Own writes kept for pushing to peers; a peer further behind pulls a delta instead.
@@ -94,18 +96,30 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A node that cannot write to its disk stops rather than go on with state it cannot keep
+/// (an acknowledged write must be on disk, and a sequence number once issued must stay
+/// issued). Its peers and its restart take over from there, as after a crash.
+fn storage_failed(error: StorageError) -> ! {
+    log::error!("storage failed, stopping: {error}");
+    std::process::exit(3)
+}
+
 impl Node {
-    pub fn new(config: Config, membership: Membership, map: ShardMap) -> Self {
+    pub fn new(config: Config, membership: Membership, start: Recovered) -> Self {
         let me = config.socket_address;
-        let era = map.era;
+        let era = start.replica.era();
+        let mut recent = RecentLog::new(era, RECENT_CAPACITY);
+        // What came back from disk is not in the log: peers that lack any of it are sent to
+        // a scan, as if it had been evicted.
+        recent.forget_up_to(start.replica.applied());
         Self {
             me,
-            store: Store::new(),
-            replica: Mutex::new(Replica::new(me, era)),
-            recent: Mutex::new(RecentLog::new(era, RECENT_CAPACITY)),
+            store: start.store,
+            replica: Mutex::new(start.replica),
+            recent: Mutex::new(recent),
             progress: watch::channel(0).0,
-            map: watch::channel(Arc::new(map)).0,
-            synced: AtomicBool::new(false),
+            map: watch::channel(Arc::new(start.map)).0,
+            synced: AtomicBool::new(start.synced),
             outbox: Outbox::new(OUTBOX_CAPACITY),
             membership,
             peers: Peers::new(),
@@ -147,7 +161,47 @@ impl Node {
 
     pub fn mark_synced(&self) {
         if !self.synced.swap(true, Ordering::AcqRel) {
+            self.persist_state(&lock(&self.replica));
             self.bump_progress();
+        }
+    }
+
+    /// Writes the replica's state beside the data (called with the replica locked, so that
+    /// states reach the disk in the order they were reached).
+    fn persist_state(&self, replica: &Replica) {
+        let Some(backend) = self.store.backend() else {
+            return;
+        };
+        let state = ReplicaState {
+            era: replica.era(),
+            lamport: replica.lamport(),
+            applied: replica.applied().clone(),
+            synced: self.is_synced(),
+        };
+        if let Err(e) = backend.put_meta(META_STATE, &state.encode()) {
+            storage_failed(e);
+        }
+    }
+
+    /// Merges a version into the store (and its disk).
+    fn merge(&self, key: &str, entry: Entry) -> bool {
+        self.store
+            .merge(key, entry)
+            .unwrap_or_else(|e| storage_failed(e))
+    }
+
+    /// With `KVS_SYNC=always`, waits until everything written so far is on the device;
+    /// concurrent writers share one sync.
+    async fn sync_if_always(&self) -> Result<()> {
+        let (SyncMode::Always, Some(backend)) = (self.config.storage.sync, self.store.backend())
+        else {
+            return Ok(());
+        };
+        let backend = backend.clone();
+        match tokio::task::spawn_blocking(move || backend.sync()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => storage_failed(e),
+            Err(_) => Err(KvsError::Unavailable),
         }
     }
 
@@ -304,7 +358,10 @@ impl Node {
                 stamp,
                 metadata: token.clone(),
             };
-            self.store.merge(key, entry.clone());
+            // On disk (in the journal) before it is answered, and before the state that
+            // counts it, so that neither a crash nor a restart can lose it or reuse its dot.
+            self.merge(key, entry.clone());
+            self.persist_state(&replica);
             let record = Arc::new(Record {
                 key: key.to_owned(),
                 entry,
@@ -318,6 +375,7 @@ impl Node {
             }
         };
         self.bump_progress();
+        self.sync_if_always().await?;
         Ok(outcome)
     }
 
@@ -336,7 +394,7 @@ impl Node {
                 };
                 match replica.admit(&record.entry.stamp, &metadata.clock, &in_shard) {
                     Admission::Apply => {
-                        self.store.merge(&record.key, record.entry.clone());
+                        self.merge(&record.key, record.entry.clone());
                         replica.record_applied(&record.entry.stamp);
                         lock(&self.recent).push(record.clone());
                     }
@@ -355,6 +413,9 @@ impl Node {
             applied: replica.applied().get(&batch.origin),
             blocked,
         };
+        if ack.applied != before {
+            self.persist_state(&replica);
+        }
         drop(replica);
         if ack.applied != before {
             self.bump_progress();
@@ -419,15 +480,16 @@ impl Node {
         for record in response.records {
             if mine.is_some() && map.shard_for_key(&record.key) == mine {
                 if log_records {
-                    self.store.merge(&record.key, record.entry.clone());
+                    self.merge(&record.key, record.entry.clone());
                     recent.push(Arc::new(record));
                 } else {
-                    self.store.merge(&record.key, record.entry);
+                    self.merge(&record.key, record.entry);
                 }
             }
         }
         drop(recent);
         replica.absorb(&response.applied, response.lamport);
+        self.persist_state(&replica);
         drop(replica);
         self.bump_progress();
         true
@@ -436,7 +498,7 @@ impl Node {
     /// Takes in records handed over outside the causal streams (reshard, hand-off).
     pub fn absorb_records(&self, records: Vec<Record>) {
         for record in records {
-            self.store.merge(&record.key, record.entry);
+            self.merge(&record.key, record.entry);
         }
     }
 
@@ -466,6 +528,14 @@ impl Node {
             next.era,
             next.shard_of(&self.me)
         );
+        // The map reaches the disk before the state of its era: a crash between the two
+        // leaves a map newer than the state, which recovery reads as "start that era".
+        if let Some(backend) = self.store.backend() {
+            let json = serde_json::to_vec(&next).unwrap_or_default();
+            if let Err(e) = backend.put_meta(META_MAP, &json) {
+                storage_failed(e);
+            }
+        }
         {
             let mut replica = lock(&self.replica);
             if era_changed {
@@ -473,10 +543,11 @@ impl Node {
                 lock(&self.recent).reset(next.era);
             }
             self.map.send_replace(Arc::new(next));
-        }
-        if era_changed || shard_changed {
-            self.synced.store(transferred, Ordering::Release);
-            self.acks.clear();
+            if era_changed || shard_changed {
+                self.synced.store(transferred, Ordering::Release);
+                self.acks.clear();
+            }
+            self.persist_state(&replica);
         }
         self.outbox.wake_all();
         self.bump_progress();

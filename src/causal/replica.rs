@@ -67,6 +67,17 @@ impl Replica {
         }
     }
 
+    /// The replica as a restarted node recovers it from disk. `applied` must include this
+    /// node's own last sequence number: reissuing one would name two writes with one dot.
+    pub fn restore(me: NodeId, era: u64, applied: VectorClock, lamport: u64) -> Self {
+        Self {
+            me,
+            era,
+            applied,
+            lamport,
+        }
+    }
+
     pub fn era(&self) -> u64 {
         self.era
     }

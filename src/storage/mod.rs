@@ -1,13 +1,24 @@
-//! In-memory storage: the latest version of every key this node holds, tombstones included.
+//! Storage: the latest version of every key this node holds, tombstones included, in memory
+//! for reads, and written through to a durable [`Backend`] (when the node has one) before a
+//! write is acknowledged.
 //!
 //! Writes are merged last-writer-wins by [`Stamp`], which is commutative and idempotent: a
 //! replica can take the same write from a push, a pull and a reshard transfer in any order
-//! and end up in the same state.
+//! and end up in the same state. A version goes to the backend under the same lock that
+//! installs it in memory, so the disk never ends up with an older version than memory.
+
+pub mod backend;
+pub mod disk;
+
+use std::sync::Arc;
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
+pub use backend::{Backend, MemoryBackend, StorageError};
+
 use crate::causal::{Stamp, VectorClock};
+use crate::codec::{put_addr, put_varint, read_addr, read_varint};
 
 /// One version of one key. `value: None` is a tombstone: deletes are kept so that a delete
 /// replicated late can never be undone by the value it deleted.
@@ -37,14 +48,62 @@ pub struct Record {
 /// The store keeps each key and its version packed into one heap block (see [`Slot`]): a
 /// million keys then cost a 16-byte table slot and one allocation each, instead of a
 /// 128-byte slot and four allocations.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Store {
     entries: DashMap<Slot, ()>,
+    backend: Option<Arc<dyn Backend>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("keys", &self.entries.len())
+            .field("durable", &self.backend.is_some())
+            .finish()
+    }
 }
 
 impl Store {
+    /// A store in memory only (`--in-memory`, and tests).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Reads back everything `backend` holds, calling `visit` with each version's stamp, and
+    /// writes every later change through to it. A version this node could not have written
+    /// means the data is damaged: the node must not serve from it.
+    pub fn recover(
+        backend: Arc<dyn Backend>,
+        mut visit: impl FnMut(&Stamp),
+    ) -> Result<Self, StorageError> {
+        let entries = DashMap::new();
+        let mut damaged = None;
+        backend.scan(&mut |key, version| {
+            let slot = std::str::from_utf8(key)
+                .ok()
+                .filter(|k| k.len() <= usize::from(u8::MAX) && packed::unpack(version).is_some())
+                .map(|key| Slot::from_parts(key, version));
+            match (slot, packed::stamp(version)) {
+                (Some(slot), Some(stamp)) => {
+                    visit(&stamp);
+                    entries.insert(slot, ());
+                }
+                _ => damaged = Some(String::from_utf8_lossy(key).into_owned()),
+            }
+        })?;
+        if let Some(key) = damaged {
+            return Err(StorageError::Damaged(format!(
+                "the stored version of key {key:?} does not decode"
+            )));
+        }
+        Ok(Self {
+            entries,
+            backend: Some(backend),
+        })
+    }
+
+    pub fn backend(&self) -> Option<&Arc<dyn Backend>> {
+        self.backend.as_ref()
     }
 
     pub fn get(&self, key: &str) -> Option<Entry> {
@@ -59,29 +118,42 @@ impl Store {
             .is_some_and(|e| packed::is_live(e.key().version()))
     }
 
-    /// Keeps whichever of the stored and the given entry has the larger stamp.
-    /// Returns true when `entry` was stored.
-    pub fn merge(&self, key: &str, entry: Entry) -> bool {
+    /// Keeps whichever of the stored and the given entry has the larger stamp, writing the
+    /// winner through to the backend. Returns true when `entry` was stored; an error when it
+    /// could not be persisted (memory is then left as it was).
+    pub fn merge(&self, key: &str, entry: Entry) -> Result<bool, StorageError> {
         let newer =
             |current: &Slot| packed::stamp(current.version()).is_none_or(|s| entry.stamp > s);
         // Most merges of an old write end here, without building the new slot.
         if self.entries.get(key).is_some_and(|e| !newer(e.key())) {
-            return false;
+            return Ok(false);
         }
-        // Another thread may have written meanwhile: settle it under the entry's lock.
-        match self.entries.entry(Slot::new(key, &entry)) {
-            dashmap::Entry::Occupied(slot) => {
-                if !newer(slot.key()) {
-                    return false;
+        let slot = Slot::new(key, &entry);
+        let copy = self.backend.as_ref().map(|_| Slot(slot.0.clone()));
+        // Another thread may have written meanwhile: settle it under the entry's lock, and
+        // persist under it too, so that the disk gets versions in the order memory does.
+        match self.entries.entry(slot) {
+            dashmap::Entry::Occupied(current) => {
+                if !newer(current.key()) {
+                    return Ok(false);
                 }
+                self.persist(copy)?;
                 // Replaces the stored key too: it carries the version.
-                slot.replace_entry(());
+                current.replace_entry(());
             }
-            dashmap::Entry::Vacant(slot) => {
-                slot.insert(());
+            dashmap::Entry::Vacant(vacant) => {
+                self.persist(copy)?;
+                vacant.insert(());
             }
         }
-        true
+        Ok(true)
+    }
+
+    fn persist(&self, slot: Option<Slot>) -> Result<(), StorageError> {
+        match (&self.backend, slot) {
+            (Some(backend), Some(slot)) => backend.put(slot.key(), slot.version()),
+            _ => Ok(()),
+        }
     }
 
     /// The number of live (not deleted) keys among those `owned` says belong here.
@@ -124,9 +196,78 @@ impl Store {
         self.records_where(|_, s| s.era == era && s.seq > seen.get(&s.origin))
     }
 
-    /// Drops every key `keep` refuses (keys that moved to another shard).
+    /// Drops every key `keep` refuses (keys that moved to another shard). A key whose removal
+    /// from disk fails comes back after a restart as a key of another shard, which a node
+    /// hands to its owners anyway.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.entries.retain(|slot, _| keep(slot.key()));
+        self.entries.retain(|slot, _| {
+            let kept = keep(slot.key());
+            if let (false, Some(backend)) = (kept, &self.backend) {
+                if let Err(e) = backend.remove(slot.key()) {
+                    log::warn!("cannot remove key {:?} from disk: {e}", slot.key());
+                }
+            }
+            kept
+        });
+    }
+}
+
+/// The replica's state as persisted beside the data: what a restarted node needs to go on
+/// exactly where it stopped (and never issue a sequence number twice).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaState {
+    pub era: u64,
+    pub lamport: u64,
+    pub applied: VectorClock,
+    /// Whether the node held its whole shard (see `Node::is_synced`).
+    pub synced: bool,
+}
+
+const STATE_VERSION: u8 = 1;
+
+impl ReplicaState {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.applied.len() * 10);
+        out.push(STATE_VERSION);
+        put_varint(&mut out, self.era);
+        put_varint(&mut out, self.lamport);
+        out.push(u8::from(self.synced));
+        put_varint(&mut out, self.applied.len() as u64);
+        for (addr, &counter) in self.applied.iter() {
+            put_addr(&mut out, addr);
+            put_varint(&mut out, counter);
+        }
+        out
+    }
+
+    pub fn decode(mut bytes: &[u8]) -> Option<Self> {
+        let varint = |bytes: &mut &[u8]| {
+            let (v, used) = read_varint(bytes)?;
+            *bytes = &bytes[used..];
+            Some(v)
+        };
+        let (&version, rest) = bytes.split_first()?;
+        bytes = rest;
+        if version != STATE_VERSION {
+            return None;
+        }
+        let era = varint(&mut bytes)?;
+        let lamport = varint(&mut bytes)?;
+        let (&synced, rest) = bytes.split_first()?;
+        bytes = rest;
+        let count = varint(&mut bytes)?;
+        let mut applied = VectorClock::new();
+        for _ in 0..count {
+            let (addr, used) = read_addr(bytes)?;
+            bytes = &bytes[used..];
+            applied.set(addr, varint(&mut bytes)?);
+        }
+        bytes.is_empty().then_some(Self {
+            era,
+            lamport,
+            applied,
+            synced: synced != 0,
+        })
     }
 }
 
@@ -152,6 +293,15 @@ impl Slot {
         // Copied into a block of the exact size: shrinking the estimate in place would leave
         // a small free fragment behind every one of a million entries.
         Self(Box::from(bytes.as_slice()))
+    }
+
+    /// A slot from a key and a packed version as read back from disk.
+    fn from_parts(key: &str, version: &[u8]) -> Self {
+        let mut bytes = Vec::with_capacity(1 + key.len() + version.len());
+        bytes.push(key.len().min(usize::from(u8::MAX)) as u8);
+        bytes.extend_from_slice(&key.as_bytes()[..usize::from(bytes[0])]);
+        bytes.extend_from_slice(version);
+        Self(bytes.into_boxed_slice())
     }
 
     fn key_len(&self) -> usize {
@@ -319,11 +469,11 @@ mod tests {
         let a = entry(Some("a"), 1, 1, 1);
         let b = entry(Some("b"), 2, 2, 1);
         let s1 = Store::new();
-        s1.merge("k", a.clone());
-        s1.merge("k", b.clone());
+        s1.merge("k", a.clone()).unwrap();
+        s1.merge("k", b.clone()).unwrap();
         let s2 = Store::new();
-        s2.merge("k", b.clone());
-        assert!(!s2.merge("k", a));
+        s2.merge("k", b.clone()).unwrap();
+        assert!(!s2.merge("k", a).unwrap());
         assert_eq!(s1.get("k"), Some(b.clone()));
         assert_eq!(s2.get("k"), Some(b));
     }
@@ -339,14 +489,16 @@ mod tests {
         ]
         .map(String::from);
         for (i, key) in keys.iter().enumerate() {
-            assert!(store.merge(key, entry(Some(key), i as u64 + 1, 1, i as u64 + 1)));
+            assert!(store
+                .merge(key, entry(Some(key), i as u64 + 1, 1, i as u64 + 1))
+                .unwrap());
         }
         for key in &keys {
             assert_eq!(store.get(key).unwrap().value.as_deref(), Some(key.as_str()));
         }
         assert!(store.get("ключ").is_none());
         // A newer version replaces the stored slot, key included, and the key still resolves.
-        assert!(store.merge("k", entry(Some("v2"), 99, 1, 99)));
+        assert!(store.merge("k", entry(Some("v2"), 99, 1, 99)).unwrap());
         assert_eq!(store.get("k").unwrap().value.as_deref(), Some("v2"));
         assert_eq!(store.len(), keys.len());
     }
@@ -354,9 +506,9 @@ mod tests {
     #[test]
     fn tombstones_win_over_older_values_and_do_not_count() {
         let s = Store::new();
-        s.merge("k", entry(Some("v"), 1, 1, 1));
-        s.merge("k", entry(None, 2, 1, 2));
-        s.merge("k", entry(Some("v"), 1, 1, 1));
+        s.merge("k", entry(Some("v"), 1, 1, 1)).unwrap();
+        s.merge("k", entry(None, 2, 1, 2)).unwrap();
+        s.merge("k", entry(Some("v"), 1, 1, 1)).unwrap();
         assert!(!s.is_live("k"));
         assert_eq!(s.live_count(|_| true), 0);
         assert_eq!(s.len(), 1);
@@ -365,9 +517,9 @@ mod tests {
     #[test]
     fn delta_lists_what_a_peer_has_not_seen() {
         let s = Store::new();
-        s.merge("a", entry(Some("1"), 1, 1, 1));
-        s.merge("b", entry(Some("2"), 2, 1, 2));
-        s.merge("c", entry(Some("3"), 3, 2, 1));
+        s.merge("a", entry(Some("1"), 1, 1, 1)).unwrap();
+        s.merge("b", entry(Some("2"), 2, 1, 2)).unwrap();
+        s.merge("c", entry(Some("3"), 3, 2, 1)).unwrap();
         let seen: VectorClock = [("10.0.0.1:8080".parse().unwrap(), 1)]
             .into_iter()
             .collect();
@@ -467,7 +619,7 @@ mod footprint {
                 },
                 metadata: token.clone(),
             };
-            store.merge(&format!("{i:0>16}"), entry);
+            store.merge(&format!("{i:0>16}"), entry).unwrap();
         }
         let used = rss_kib() - before;
         println!(

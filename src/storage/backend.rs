@@ -1,0 +1,77 @@
+//! The seam between the store and the disk: what a node persists, behind a small trait.
+//!
+//! The store keeps every key in memory for reads and writes each version it adopts through
+//! to a [`Backend`] before the write is answered; a restarted node reads everything back.
+//! [`Disk`](super::disk::Disk) is the durable implementation; [`MemoryBackend`] keeps the
+//! same data in maps that outlive a `Node`, so unit tests can "restart" a node without disk.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// A failure of the storage engine. The node answers 503 rather than acknowledge a write
+/// it could not persist.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage engine: {0}")]
+    Engine(String),
+    /// What was read back is not what this node writes: the data directory is damaged.
+    #[error("damaged data: {0}")]
+    Damaged(String),
+}
+
+/// Durable key-value storage as the store needs it: one version per key, a few named
+/// metadata blobs, and a scan at start.
+pub trait Backend: Send + Sync {
+    /// Stores `version` (a packed entry) as the version of `key`, replacing any.
+    fn put(&self, key: &str, version: &[u8]) -> Result<(), StorageError>;
+    fn remove(&self, key: &str) -> Result<(), StorageError>;
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError>;
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Calls `visit` with every stored key and version.
+    fn scan(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StorageError>;
+    /// Makes everything written so far survive a power cut (not only a crash).
+    fn sync(&self) -> Result<(), StorageError>;
+}
+
+/// A backend in maps: for tests that restart a node without a disk.
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    data: Mutex<BTreeMap<String, Vec<u8>>>,
+    meta: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Backend for MemoryBackend {
+    fn put(&self, key: &str, version: &[u8]) -> Result<(), StorageError> {
+        lock(&self.data).insert(key.to_owned(), version.to_vec());
+        Ok(())
+    }
+
+    fn remove(&self, key: &str) -> Result<(), StorageError> {
+        lock(&self.data).remove(key);
+        Ok(())
+    }
+
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError> {
+        lock(&self.meta).insert(name.to_owned(), value.to_vec());
+        Ok(())
+    }
+
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(lock(&self.meta).get(name).cloned())
+    }
+
+    fn scan(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StorageError> {
+        for (key, version) in lock(&self.data).iter() {
+            visit(key.as_bytes(), version);
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,114 @@
+//! Durable storage, from outside: acknowledged writes survive kill -9 of their coordinator
+//! (also when no peer had received them), and a whole store killed at once comes back with
+//! every key under the same shard ids.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const FMT: &str = "2019";
+
+async fn must_put(c: &Cluster, i: usize, key: &str, value: &str, cm: &str) -> String {
+    let (s, b) = c.kv_put(i, key, value, cm).await;
+    assert!(s == 200 || s == 201, "PUT {key} on node {i}: {s} {b}");
+    b["causal-metadata"].as_str().expect("metadata").to_owned()
+}
+
+async fn shard_of_node(c: &Cluster, i: usize) -> String {
+    let (s, b) = get(&c.url(i, "/key-value-store-shard/node-shard-id"), None).await;
+    assert_eq!(s, 200, "{b}");
+    b["shard-id"].as_str().expect("shard-id").to_owned()
+}
+
+/// Node 0 acknowledges a write while both its peers are paused (so nothing was pushed),
+/// and is killed at once. It comes back with the write from its disk, and its peers get
+/// it from there: a client reading through a peer with the write's metadata sees it.
+#[tokio::test]
+async fn an_acknowledged_write_survives_kill_9_before_any_peer_has_it() {
+    let c = Cluster::start(3, Some(1), FMT).await;
+    let mut cm = must_put(&c, 0, "warm-up", "w", "").await;
+    for round in 0..5 {
+        let key = format!("k{round}");
+        let value = format!("v{round}");
+        c.pause(1);
+        c.pause(2);
+        cm = must_put(&c, 0, &key, &value, &cm).await;
+        c.kill(0);
+        c.resume(1);
+        c.resume(2);
+        c.restart(0);
+        c.wait_http(0, READY_TIMEOUT).await;
+        let reader = 1 + round % 2;
+        let (s, b, took) = c
+            .poll_get(reader, &key, Some(&cm), CONVERGE_TIMEOUT, |s, _| s == 200)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        println!("round {round}: node {reader} serves {key} after {took:?}");
+        expect_read(s, &b, &value, &cm, FMT);
+        let (s, b) = c.kv_get(0, &key, None).await;
+        assert_eq!((s, b["value"].clone()), (200, Value::from(value)), "{b}");
+    }
+    // A restarted node continues its own sequence: its next write is not mistaken by the
+    // peers for one they already have.
+    let cm = must_put(&c, 0, "after", "restarts", &cm).await;
+    for i in 1..3 {
+        let (s, b, _) = c
+            .poll_get(i, "after", Some(&cm), CONVERGE_TIMEOUT, |s, _| s == 200)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        expect_read(s, &b, "restarts", &cm, FMT);
+    }
+}
+
+/// Every node of a six-node, two-shard store killed at once and started again: every
+/// acknowledged key reads back whole, from any node, under the same shard ids.
+#[tokio::test]
+async fn a_whole_store_killed_at_once_comes_back_whole() {
+    let c = Cluster::start(6, Some(2), FMT).await;
+    let before: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..c.len() {
+            ids.push(shard_of_node(&c, i).await);
+        }
+        ids
+    };
+    let keys = 600;
+    let mut cm = String::new();
+    for k in 0..keys {
+        cm = must_put(
+            &c,
+            k % c.len(),
+            &format!("once-{k}"),
+            &format!("value-{k}"),
+            &cm,
+        )
+        .await;
+    }
+    for i in 0..c.len() {
+        c.kill(i);
+    }
+    for i in 0..c.len() {
+        c.restart(i);
+    }
+    for (i, shard) in before.iter().enumerate() {
+        c.wait_http(i, READY_TIMEOUT).await;
+        assert_eq!(&shard_of_node(&c, i).await, shard, "node {i} changed shard");
+    }
+    for k in 0..keys {
+        let (s, b, _) = c
+            .poll_get(
+                (k * 7) % c.len(),
+                &format!("once-{k}"),
+                Some(&cm),
+                Duration::from_secs(20),
+                |s, _| s == 200,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("key once-{k}: {e}"));
+        assert_eq!(s, 200);
+        assert_eq!(b["value"], format!("value-{k}"));
+    }
+}
