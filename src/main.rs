@@ -19,7 +19,8 @@ fn main() -> ExitCode {
         }
     };
     env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,chitchat=warn,actix_server=warn"),
+        env_logger::Env::default()
+            .default_filter_or("info,chitchat=warn,actix_server=warn,fjall=warn,lsm_tree=warn"),
     )
     .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -166,28 +166,33 @@ impl Node {
         }
     }
 
-    /// Writes the replica's state beside the data (called with the replica locked, so that
-    /// states reach the disk in the order they were reached).
-    fn persist_state(&self, replica: &Replica) {
-        let Some(backend) = self.store.backend() else {
-            return;
-        };
-        let state = ReplicaState {
-            era: replica.era(),
-            lamport: replica.lamport(),
-            applied: replica.applied().clone(),
-            synced: self.is_synced(),
-        };
-        if let Err(e) = backend.put_meta(META_STATE, &state.encode()) {
+    /// Stores `versions` (those that win) together with the replica's state after them: on
+    /// disk in one journal write, then in memory. Called with the replica locked, so that
+    /// states reach the disk in the order they were reached and no reader sees a version
+    /// before it is on disk.
+    fn persist<'a>(
+        &self,
+        versions: impl IntoIterator<Item = (&'a str, &'a Entry)>,
+        replica: &Replica,
+    ) {
+        let state = self.store.is_durable().then(|| {
+            ReplicaState {
+                era: replica.era(),
+                lamport: replica.lamport(),
+                applied: replica.applied().clone(),
+                synced: self.is_synced(),
+            }
+            .encode()
+        });
+        let meta: Vec<(&str, &[u8])> = state.iter().map(|s| (META_STATE, s.as_slice())).collect();
+        if let Err(e) = self.store.write(versions, &meta) {
             storage_failed(e);
         }
     }
 
-    /// Merges a version into the store (and its disk).
-    fn merge(&self, key: &str, entry: Entry) -> bool {
-        self.store
-            .merge(key, entry)
-            .unwrap_or_else(|e| storage_failed(e))
+    /// Writes the replica's state alone (it changed without new data).
+    fn persist_state(&self, replica: &Replica) {
+        self.persist([], replica);
     }
 
     /// With `KVS_SYNC=always`, waits until everything written so far is on the device;
@@ -261,6 +266,25 @@ impl Node {
     fn shard_filter<'a>(map: &'a ShardMap, me: &NodeId) -> impl Fn(&NodeId) -> bool + 'a {
         let members = map.shard_of(me).and_then(|s| map.members(s));
         move |n| members.is_some_and(|m| m.contains(n))
+    }
+
+    /// The node to send a request to instead of waiting here: the issuer of the client's
+    /// token, when this node has not applied everything the token depends on, and the
+    /// issuer is a live member of this node's shard (so it has).
+    ///
+    /// Clients that spread their requests over the nodes (a load balancer, a Kubernetes
+    /// Service) otherwise wait at almost every request for their previous one to be
+    /// replicated: measured with round-robin sessions on three nodes, that wait cut PUT
+    /// throughput to 0.35-0.44× that of sessions that stay on one node.
+    pub fn better_placed(&self, deps: &CausalMetadata) -> Option<NodeId> {
+        let issuer = deps.issuer.filter(|n| *n != self.me)?;
+        let map = self.map();
+        let in_shard = Self::shard_filter(&map, &self.me);
+        if !in_shard(&issuer) || !self.membership.is_up(&issuer) {
+            return None;
+        }
+        let ready = lock(&self.replica).readiness(deps, in_shard) == Readiness::Ready;
+        (!ready).then_some(issuer)
     }
 
     /// Waits (bounded) until this node has applied every write of its shard that `deps`
@@ -358,10 +382,15 @@ impl Node {
                 stamp,
                 metadata: token.clone(),
             };
-            // On disk (in the journal) before it is answered, and before the state that
-            // counts it, so that neither a crash nor a restart can lose it or reuse its dot.
-            self.merge(key, entry.clone());
-            self.persist_state(&replica);
+            // In the journal before anyone can see it or its client is answered, so that no
+            // crash loses it. The state is not written with it: a restarted node takes its
+            // own sequence number from its writes on disk, and every batch that could
+            // overwrite one of them carries the state (see `recovery`). Writing the state
+            // with every write kept every version of it in the engine's memtable: 9% of a
+            // node's CPU went to searching that skip list.
+            if let Err(e) = self.store.write([(key, &entry)], &[]) {
+                storage_failed(e);
+            }
             let record = Arc::new(Record {
                 key: key.to_owned(),
                 entry,
@@ -386,6 +415,7 @@ impl Node {
         let mut replica = lock(&self.replica);
         let before = replica.applied().get(&batch.origin);
         let mut blocked = false;
+        let mut applied = Vec::new();
         if batch.era == replica.era() {
             for record in &batch.records {
                 let Ok(metadata) = CausalMetadata::decode(&record.entry.metadata) else {
@@ -394,9 +424,8 @@ impl Node {
                 };
                 match replica.admit(&record.entry.stamp, &metadata.clock, &in_shard) {
                     Admission::Apply => {
-                        self.merge(&record.key, record.entry.clone());
                         replica.record_applied(&record.entry.stamp);
-                        lock(&self.recent).push(record.clone());
+                        applied.push(record.clone());
                     }
                     Admission::Duplicate | Admission::Stale => {}
                     Admission::Blocked => {
@@ -408,14 +437,19 @@ impl Node {
         } else {
             blocked = batch.era > replica.era();
         }
+        if !applied.is_empty() {
+            // One journal write for the whole batch and the state after it.
+            self.persist(applied.iter().map(|r| (r.key.as_str(), &r.entry)), &replica);
+            let mut recent = lock(&self.recent);
+            for record in applied {
+                recent.push(record);
+            }
+        }
         let ack = ReplicateAck {
             era: replica.era(),
             applied: replica.applied().get(&batch.origin),
             blocked,
         };
-        if ack.applied != before {
-            self.persist_state(&replica);
-        }
         drop(replica);
         if ack.applied != before {
             self.bump_progress();
@@ -477,19 +511,19 @@ impl Node {
         if !log_records {
             recent.forget_up_to(&response.applied);
         }
-        for record in response.records {
-            if mine.is_some() && map.shard_for_key(&record.key) == mine {
-                if log_records {
-                    self.merge(&record.key, record.entry.clone());
-                    recent.push(Arc::new(record));
-                } else {
-                    self.merge(&record.key, record.entry);
-                }
+        let records: Vec<Record> = response
+            .records
+            .into_iter()
+            .filter(|r| mine.is_some() && map.shard_for_key(&r.key) == mine)
+            .collect();
+        replica.absorb(&response.applied, response.lamport);
+        self.persist(records.iter().map(|r| (r.key.as_str(), &r.entry)), &replica);
+        if log_records {
+            for record in records {
+                recent.push(Arc::new(record));
             }
         }
         drop(recent);
-        replica.absorb(&response.applied, response.lamport);
-        self.persist_state(&replica);
         drop(replica);
         self.bump_progress();
         true
@@ -497,9 +531,9 @@ impl Node {
 
     /// Takes in records handed over outside the causal streams (reshard, hand-off).
     pub fn absorb_records(&self, records: Vec<Record>) {
-        for record in records {
-            self.merge(&record.key, record.entry);
-        }
+        // Under the replica lock: the store's writers take turns (see `Store::write`).
+        let replica = lock(&self.replica);
+        self.persist(records.iter().map(|r| (r.key.as_str(), &r.entry)), &replica);
     }
 
     pub fn pull_request(&self, full: bool) -> SyncRequest {
@@ -606,6 +640,8 @@ impl Node {
     pub fn drop_foreign_keys(&self) {
         let map = self.map();
         let mine = map.shard_of(&self.me);
+        // A dropped key may hold this node's latest write: the state keeps its sequence.
+        self.persist_state(&lock(&self.replica));
         self.store
             .retain(|key| mine.is_some() && map.shard_for_key(key) == mine);
     }

@@ -1,7 +1,8 @@
 //! The `causal-metadata` token handed to clients.
 //!
-//! A token is `base64url(payload ‖ checksum)` where the payload is a version byte, the era, and
-//! the vector clock as (address, counter) pairs in ascending address order. The checksum is a
+//! A token is `base64url(payload ‖ checksum)` where the payload is a version byte, the era,
+//! the vector clock as (address, counter) pairs in ascending address order, and (version 2)
+//! the address of the node that issued the token. The checksum is a
 //! keyed xxh3 of the payload: it is not a cryptographic signature, but it makes any string the
 //! store did not issue (a typo, a truncation, a token of another system) fail to decode, so the
 //! store can answer "Invalid causal metadata" instead of waiting on invented dependencies.
@@ -14,8 +15,11 @@ use base64::Engine;
 
 use super::clock::VectorClock;
 use crate::codec::{put_addr, put_varint, read_addr, read_varint};
+use crate::NodeId;
 
+/// Version 1 has no issuer; version 2 ends with it.
 const FORMAT_VERSION: u8 = 1;
+const FORMAT_WITH_ISSUER: u8 = 2;
 const CHECKSUM_SEED: u64 = 0x6b76_735f_6361_7573; // "kvs_caus"
 const CHECKSUM_LEN: usize = 8;
 /// A clock naming more nodes than this was not issued by any sane store.
@@ -26,6 +30,10 @@ const MAX_ENTRIES: u64 = 4096;
 pub struct CausalMetadata {
     pub era: u64,
     pub clock: VectorClock,
+    /// The node that issued the token, which had applied every write it depends on inside
+    /// its shard when it did: a request that reaches a replica without them can go there
+    /// instead of waiting. A hint only; dependencies are checked wherever it is served.
+    pub issuer: Option<NodeId>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -34,7 +42,25 @@ pub struct InvalidMetadata;
 
 impl CausalMetadata {
     pub fn new(era: u64, clock: VectorClock) -> Self {
-        Self { era, clock }
+        Self {
+            era,
+            clock,
+            issuer: None,
+        }
+    }
+
+    pub fn issued_by(mut self, node: NodeId) -> Self {
+        self.issuer = Some(node);
+        self
+    }
+
+    /// Whether every write `other` depends on is one this token depends on too.
+    pub fn covers(&self, other: &CausalMetadata) -> bool {
+        match self.era.cmp(&other.era) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Less => other.clock.is_empty(),
+            std::cmp::Ordering::Equal => self.clock.dominates(&other.clock),
+        }
     }
 
     /// Parses a client's token; `""` means "no dependencies".
@@ -64,27 +90,34 @@ impl CausalMetadata {
     /// Everything either token depends on: a client's token merged with the one stored with
     /// the value it reads. A token of a later era implies every write of the earlier ones
     /// (the reshard that started it moved all data first), so it wins whole; in one era the
-    /// clocks merge entry by entry.
+    /// clocks merge entry by entry. A token that covers the other is returned as it is,
+    /// issuer included; a true merge has no issuer until the caller names itself.
     pub fn merged(&self, other: &CausalMetadata) -> CausalMetadata {
-        match self.era.cmp(&other.era) {
-            std::cmp::Ordering::Greater => self.clone(),
-            std::cmp::Ordering::Less => other.clone(),
-            std::cmp::Ordering::Equal => {
-                let mut clock = self.clock.clone();
-                clock.merge(&other.clock);
-                CausalMetadata::new(self.era, clock)
-            }
+        if self.covers(other) {
+            return self.clone();
         }
+        if other.covers(self) {
+            return other.clone();
+        }
+        let mut clock = self.clock.clone();
+        clock.merge(&other.clock);
+        CausalMetadata::new(self.era, clock)
     }
 
     pub fn encode(&self) -> String {
-        let mut out = Vec::with_capacity(16 + self.clock.len() * 10);
-        out.push(FORMAT_VERSION);
+        let mut out = Vec::with_capacity(24 + self.clock.len() * 10);
+        out.push(match self.issuer {
+            None => FORMAT_VERSION,
+            Some(_) => FORMAT_WITH_ISSUER,
+        });
         put_varint(&mut out, self.era);
         put_varint(&mut out, self.clock.len() as u64);
         for (addr, &counter) in self.clock.iter() {
             put_addr(&mut out, addr);
             put_varint(&mut out, counter);
+        }
+        if let Some(issuer) = &self.issuer {
+            put_addr(&mut out, issuer);
         }
         let checksum = xxhash_rust::xxh3::xxh3_64_with_seed(&out, CHECKSUM_SEED);
         out.extend_from_slice(&checksum.to_le_bytes());
@@ -128,7 +161,8 @@ impl<'a> Reader<'a> {
     }
 
     fn metadata(mut self) -> Result<CausalMetadata, InvalidMetadata> {
-        if self.byte()? != FORMAT_VERSION {
+        let version = self.byte()?;
+        if version != FORMAT_VERSION && version != FORMAT_WITH_ISSUER {
             return Err(InvalidMetadata);
         }
         let era = self.varint()?;
@@ -148,10 +182,14 @@ impl<'a> Reader<'a> {
             previous = Some(addr);
             clock.set(addr, counter);
         }
+        let issuer = match version {
+            FORMAT_WITH_ISSUER => Some(self.addr()?),
+            _ => None,
+        };
         if !self.bytes.is_empty() {
             return Err(InvalidMetadata);
         }
-        Ok(CausalMetadata { era, clock })
+        Ok(CausalMetadata { era, clock, issuer })
     }
 }
 
@@ -266,6 +304,30 @@ mod tests {
             stored.encode(),
             "graders compare the strings"
         );
+    }
+
+    #[test]
+    fn a_token_that_covers_the_other_is_kept_whole_with_its_issuer() {
+        let writer: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let stored = meta(1, &[("10.0.0.2:80", 3)]).issued_by(writer);
+        let older = meta(1, &[("10.0.0.2:80", 2)]).issued_by("10.0.0.9:80".parse().unwrap());
+        assert_eq!(older.merged(&stored), stored);
+        assert_eq!(stored.merged(&older), stored);
+        let other = meta(1, &[("10.0.0.3:80", 1)]);
+        assert_eq!(
+            stored.merged(&other).issuer,
+            None,
+            "a new token names no issuer yet"
+        );
+    }
+
+    #[test]
+    fn the_issuer_round_trips_and_tokens_without_one_still_decode() {
+        let with = sample().issued_by("10.10.0.2:8080".parse().unwrap());
+        assert_eq!(CausalMetadata::decode(&with.encode()), Ok(with.clone()));
+        let without = sample();
+        assert_eq!(CausalMetadata::decode(&without.encode()), Ok(without));
+        assert!(with.encode().len() > sample().encode().len());
     }
 
     #[test]

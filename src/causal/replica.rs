@@ -138,7 +138,10 @@ impl Replica {
             origin: self.me,
             seq,
         };
-        (stamp, CausalMetadata::new(self.era, clock))
+        (
+            stamp,
+            CausalMetadata::new(self.era, clock).issued_by(self.me),
+        )
     }
 
     /// Decides whether a replicated write with this stamp and causal clock can be applied now.

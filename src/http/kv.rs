@@ -187,6 +187,22 @@ async fn serve(
                 Ok(request) => request,
                 Err(e) => return KvAnswer::error(op, &e),
             };
+            // A replica that lacks the client's dependencies sends the request to the node
+            // that issued the client's token (it has them all) rather than wait for them to
+            // be replicated here. Once per request: a request that was already sent on for
+            // this reason (or forwarded by another shard's node and then sent on) waits.
+            if hops <= 1 {
+                if let Some(issuer) = node.better_placed(&request.deps) {
+                    match relay_once(node, &relayed(Vec::new()), issuer).await {
+                        Ok(answer) => return answer,
+                        Err(Undelivered::Unknown) if op != Op::Get => {
+                            return KvAnswer::error(op, &KvsError::Unavailable)
+                        }
+                        // Not reached: wait for the dependencies here after all.
+                        Err(_) => {}
+                    }
+                }
+            }
             match execute(node, &request).await {
                 // The map changed while the request waited: route it again.
                 Err(KvsError::NotOwner(_)) => match node.route(&request.key) {
@@ -239,7 +255,7 @@ async fn execute(node: &Node, request: &KvRequest) -> Result<KvAnswer, KvsError>
     match request.op {
         Op::Get => {
             let entry = node.read(&request.key, &request.deps).await?;
-            let metadata = read_metadata(&request.deps, entry.metadata);
+            let metadata = read_metadata(&request.deps, entry.metadata, node.me);
             let body = Retrieved {
                 message: "Retrieved successfully",
                 version: &metadata,
@@ -271,15 +287,23 @@ async fn execute(node: &Node, request: &KvRequest) -> Result<KvAnswer, KvsError>
 /// The metadata a read answers: the client's dependencies merged with the value's, so that
 /// a client that passes it on never loses a dependency by reading (its own earlier writes
 /// above all). A client that sent none gets the stored token exactly, on every replica: the
-/// same string the write of the value returned.
-fn read_metadata(client: &CausalMetadata, stored: String) -> String {
+/// same string the write of the value returned. A token that already covers the other is
+/// answered as it is; a true merge names this node, which has applied both, as its issuer.
+fn read_metadata(client: &CausalMetadata, stored: String, me: NodeId) -> String {
     if client.is_empty() {
         return stored;
     }
-    match CausalMetadata::decode(&stored) {
-        Ok(stored) => client.merged(&stored).encode(),
+    let Ok(decoded) = CausalMetadata::decode(&stored) else {
         // Only a token this store issued is ever stored; keep the client's, never drop it.
-        Err(_) => client.encode(),
+        return client.encode();
+    };
+    if decoded.covers(client) {
+        return stored;
+    }
+    let merged = client.merged(&decoded);
+    match merged.issuer {
+        Some(_) => merged.encode(),
+        None => merged.issued_by(me).encode(),
     }
 }
 
@@ -294,6 +318,15 @@ struct Relayed<'a> {
     hops: u32,
 }
 
+/// Why a relayed request got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Undelivered {
+    /// It never left this node: trying elsewhere (or here) is safe.
+    NotSent,
+    /// It may have been applied: a write must not be sent again.
+    Unknown,
+}
+
 /// Relays the request to a member of the key's shard, trying the next one if a member
 /// cannot be reached, and passes its answer back unchanged. A write whose answer is lost
 /// on the way is not sent again to another member: it may have been applied, and a second
@@ -303,38 +336,54 @@ async fn forward(node: &Node, request: Relayed<'_>) -> KvAnswer {
     if request.hops >= MAX_HOPS {
         return unavailable();
     }
-    let timeout = node.config.dependency_timeout + FREEZE_WAIT + Duration::from_secs(5);
-    let epoch = node.map().epoch;
     for &member in request.members.iter().take(3) {
-        let Some(relay_address) = node.membership.relay_address(&member) else {
-            match relay_over_http(node, &request, member, epoch, timeout).await {
-                Ok(answer) => return answer,
-                Err(e @ PeerError::Unreachable { .. }) if request.op != Op::Get => {
-                    log::warn!("forwarding to {member} failed: {e}");
-                    return unavailable();
-                }
-                Err(e) => log::debug!("forwarding to {member} failed: {e}"),
-            }
-            continue;
-        };
-        let call = Call {
-            id: 0,
-            op: request.op,
-            hops: request.hops + 1,
-            epoch,
-            path: request.path_and_query.to_owned(),
-            body: request.body.clone(),
-        };
-        match node.relay.call(relay_address, call, timeout).await {
-            Ok(answer) => return KvAnswer::relayed(answer.status, answer.body),
-            Err(e @ RelayError::NoAnswer(..)) if request.op != Op::Get => {
-                log::warn!("forwarding to {member} failed: {e}");
-                return unavailable();
-            }
-            Err(e) => log::debug!("forwarding to {member} failed: {e}"),
+        match relay_once(node, &request, member).await {
+            Ok(answer) => return answer,
+            Err(Undelivered::Unknown) if request.op != Op::Get => return unavailable(),
+            Err(_) => {}
         }
     }
     unavailable()
+}
+
+/// One attempt to relay the request to `member`.
+async fn relay_once(
+    node: &Node,
+    request: &Relayed<'_>,
+    member: NodeId,
+) -> Result<KvAnswer, Undelivered> {
+    let timeout = node.config.dependency_timeout + FREEZE_WAIT + Duration::from_secs(5);
+    let epoch = node.map().epoch;
+    let Some(relay_address) = node.membership.relay_address(&member) else {
+        return relay_over_http(node, request, member, epoch, timeout)
+            .await
+            .map_err(|e| {
+                log::debug!("forwarding to {member} failed: {e}");
+                match e {
+                    PeerError::Unreachable { .. } => Undelivered::Unknown,
+                    _ => Undelivered::NotSent,
+                }
+            });
+    };
+    let call = Call {
+        id: 0,
+        op: request.op,
+        hops: request.hops + 1,
+        epoch,
+        path: request.path_and_query.to_owned(),
+        body: request.body.clone(),
+    };
+    match node.relay.call(relay_address, call, timeout).await {
+        Ok(answer) => Ok(KvAnswer::relayed(answer.status, answer.body)),
+        Err(e @ RelayError::NoAnswer(..)) => {
+            log::warn!("forwarding to {member} failed: {e}");
+            Err(Undelivered::Unknown)
+        }
+        Err(e) => {
+            log::debug!("forwarding to {member} failed: {e}");
+            Err(Undelivered::NotSent)
+        }
+    }
 }
 
 /// Relays over HTTP, to a member whose relay port this node has not learnt yet.

@@ -19,18 +19,47 @@ pub enum StorageError {
     Damaged(String),
 }
 
+/// Changes that reach the disk together, atomically, in one journal write.
+#[derive(Debug, Default)]
+pub struct Batch<'a> {
+    /// Keys and their packed versions.
+    pub puts: Vec<(&'a str, &'a [u8])>,
+    pub removes: Vec<&'a str>,
+    /// Named metadata blobs (the replica state, the shard map).
+    pub meta: Vec<(&'a str, &'a [u8])>,
+}
+
+impl Batch<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.removes.is_empty() && self.meta.is_empty()
+    }
+}
+
 /// Durable key-value storage as the store needs it: one version per key, a few named
 /// metadata blobs, and a scan at start.
 pub trait Backend: Send + Sync {
-    /// Stores `version` (a packed entry) as the version of `key`, replacing any.
-    fn put(&self, key: &str, version: &[u8]) -> Result<(), StorageError>;
-    fn remove(&self, key: &str) -> Result<(), StorageError>;
-    fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError>;
+    /// Applies every change of `batch`, or none; the batch is in the journal (handed to the
+    /// operating system) when this returns.
+    fn write(&self, batch: &Batch<'_>) -> Result<(), StorageError>;
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// Calls `visit` with every stored key and version.
     fn scan(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StorageError>;
     /// Makes everything written so far survive a power cut (not only a crash).
     fn sync(&self) -> Result<(), StorageError>;
+
+    fn put(&self, key: &str, version: &[u8]) -> Result<(), StorageError> {
+        self.write(&Batch {
+            puts: vec![(key, version)],
+            ..Batch::default()
+        })
+    }
+
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError> {
+        self.write(&Batch {
+            meta: vec![(name, value)],
+            ..Batch::default()
+        })
+    }
 }
 
 /// A backend in maps: for tests that restart a node without a disk.
@@ -45,18 +74,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Backend for MemoryBackend {
-    fn put(&self, key: &str, version: &[u8]) -> Result<(), StorageError> {
-        lock(&self.data).insert(key.to_owned(), version.to_vec());
-        Ok(())
-    }
-
-    fn remove(&self, key: &str) -> Result<(), StorageError> {
-        lock(&self.data).remove(key);
-        Ok(())
-    }
-
-    fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError> {
-        lock(&self.meta).insert(name.to_owned(), value.to_vec());
+    fn write(&self, batch: &Batch<'_>) -> Result<(), StorageError> {
+        let mut data = lock(&self.data);
+        for (key, version) in &batch.puts {
+            data.insert((*key).to_owned(), version.to_vec());
+        }
+        for key in &batch.removes {
+            data.remove(*key);
+        }
+        let mut meta = lock(&self.meta);
+        for (name, value) in &batch.meta {
+            meta.insert((*name).to_owned(), value.to_vec());
+        }
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::backend::{Backend, StorageError};
+use super::backend::{Backend, Batch, StorageError};
 
 pub struct Disk {
     path: PathBuf,
@@ -69,26 +69,21 @@ impl Disk {
 }
 
 impl Backend for Disk {
-    fn put(&self, key: &str, version: &[u8]) -> Result<(), StorageError> {
-        self.data
-            .insert(key.as_bytes(), version)
-            .map_err(engine(&self.path))?;
-        self.wrote();
-        Ok(())
-    }
-
-    fn remove(&self, key: &str) -> Result<(), StorageError> {
-        self.data
-            .remove(key.as_bytes())
-            .map_err(engine(&self.path))?;
-        self.wrote();
-        Ok(())
-    }
-
-    fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError> {
-        self.meta
-            .insert(name.as_bytes(), value)
-            .map_err(engine(&self.path))?;
+    fn write(&self, batch: &Batch<'_>) -> Result<(), StorageError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut write = self.db.batch();
+        for (key, version) in &batch.puts {
+            write.insert(&self.data, key.as_bytes(), *version);
+        }
+        for key in &batch.removes {
+            write.remove(&self.data, key.as_bytes());
+        }
+        for (name, value) in &batch.meta {
+            write.insert(&self.meta, name.as_bytes(), *value);
+        }
+        write.commit().map_err(engine(&self.path))?;
         self.wrote();
         Ok(())
     }
@@ -141,8 +136,12 @@ mod tests {
             let disk = Disk::open(&dir, 1 << 20).unwrap();
             disk.put("a", b"1").unwrap();
             disk.put("b", b"2").unwrap();
-            disk.remove("a").unwrap();
-            disk.put_meta("state", b"s").unwrap();
+            let batch = Batch {
+                removes: vec!["a"],
+                meta: vec![("state", b"s")],
+                ..Batch::default()
+            };
+            disk.write(&batch).unwrap();
             disk.sync().unwrap();
         }
         let disk = Disk::open(&dir, 1 << 20).unwrap();

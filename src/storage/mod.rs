@@ -15,7 +15,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-pub use backend::{Backend, MemoryBackend, StorageError};
+pub use backend::{Backend, Batch, MemoryBackend, StorageError};
 
 use crate::causal::{Stamp, VectorClock};
 use crate::codec::{put_addr, put_varint, read_addr, read_varint};
@@ -106,6 +106,11 @@ impl Store {
         self.backend.as_ref()
     }
 
+    /// Whether writes go to a disk as well as memory.
+    pub fn is_durable(&self) -> bool {
+        self.backend.is_some()
+    }
+
     pub fn get(&self, key: &str) -> Option<Entry> {
         self.entries
             .get(key)
@@ -118,42 +123,83 @@ impl Store {
             .is_some_and(|e| packed::is_live(e.key().version()))
     }
 
-    /// Keeps whichever of the stored and the given entry has the larger stamp, writing the
-    /// winner through to the backend. Returns true when `entry` was stored; an error when it
-    /// could not be persisted (memory is then left as it was).
-    pub fn merge(&self, key: &str, entry: Entry) -> Result<bool, StorageError> {
-        let newer =
-            |current: &Slot| packed::stamp(current.version()).is_none_or(|s| entry.stamp > s);
+    /// Keeps whichever of the stored and the given entry has the larger stamp, in memory
+    /// only (a store without a backend, and tests). Returns true when `entry` was stored.
+    pub fn merge(&self, key: &str, entry: Entry) -> bool {
         // Most merges of an old write end here, without building the new slot.
-        if self.entries.get(key).is_some_and(|e| !newer(e.key())) {
-            return Ok(false);
+        if !self.beats_stored(key, &entry.stamp) {
+            return false;
         }
-        let slot = Slot::new(key, &entry);
-        let copy = self.backend.as_ref().map(|_| Slot(slot.0.clone()));
-        // Another thread may have written meanwhile: settle it under the entry's lock, and
-        // persist under it too, so that the disk gets versions in the order memory does.
+        self.install(Slot::new(key, &entry))
+    }
+
+    /// Stores the versions that win over what is stored (the larger stamp wins, also among
+    /// `versions`): on disk first, in one atomic batch together with `meta`, then in memory,
+    /// so that nothing is visible before it is in the journal. Callers serialize their calls
+    /// (the node holds its replica lock), so what was compared here is still what is stored
+    /// when the winners are installed.
+    pub fn write<'a>(
+        &self,
+        versions: impl IntoIterator<Item = (&'a str, &'a Entry)>,
+        meta: &[(&str, &[u8])],
+    ) -> Result<(), StorageError> {
+        let mut winners: Vec<Slot> = versions
+            .into_iter()
+            .filter(|(key, entry)| self.beats_stored(key, &entry.stamp))
+            .map(|(key, entry)| Slot::new(key, entry))
+            .collect();
+        if winners.len() > 1 {
+            // One version per key, the largest: sort by key, then stamp, keep each key's last.
+            winners.sort_by(|a, b| {
+                (a.key(), packed::stamp(a.version())).cmp(&(b.key(), packed::stamp(b.version())))
+            });
+            let mut kept: Vec<Slot> = Vec::with_capacity(winners.len());
+            for slot in winners {
+                match kept.last_mut() {
+                    Some(last) if last.key() == slot.key() => *last = slot,
+                    _ => kept.push(slot),
+                }
+            }
+            winners = kept;
+        }
+        if let Some(backend) = &self.backend {
+            let batch = Batch {
+                puts: winners.iter().map(|s| (s.key(), s.version())).collect(),
+                removes: Vec::new(),
+                meta: meta.to_vec(),
+            };
+            backend.write(&batch)?;
+        }
+        for slot in winners {
+            self.install(slot);
+        }
+        Ok(())
+    }
+
+    fn beats_stored(&self, key: &str, stamp: &Stamp) -> bool {
+        self.entries
+            .get(key)
+            .is_none_or(|e| packed::stamp(e.key().version()).is_none_or(|s| *stamp > s))
+    }
+
+    /// Puts `slot` in the table unless what is stored has a larger stamp.
+    fn install(&self, slot: Slot) -> bool {
+        let Some(stamp) = packed::stamp(slot.version()) else {
+            return false;
+        };
         match self.entries.entry(slot) {
             dashmap::Entry::Occupied(current) => {
-                if !newer(current.key()) {
-                    return Ok(false);
+                if packed::stamp(current.key().version()).is_some_and(|s| s >= stamp) {
+                    return false;
                 }
-                self.persist(copy)?;
                 // Replaces the stored key too: it carries the version.
                 current.replace_entry(());
             }
             dashmap::Entry::Vacant(vacant) => {
-                self.persist(copy)?;
                 vacant.insert(());
             }
         }
-        Ok(true)
-    }
-
-    fn persist(&self, slot: Option<Slot>) -> Result<(), StorageError> {
-        match (&self.backend, slot) {
-            (Some(backend), Some(slot)) => backend.put(slot.key(), slot.version()),
-            _ => Ok(()),
-        }
+        true
     }
 
     /// The number of live (not deleted) keys among those `owned` says belong here.
@@ -203,7 +249,11 @@ impl Store {
         self.entries.retain(|slot, _| {
             let kept = keep(slot.key());
             if let (false, Some(backend)) = (kept, &self.backend) {
-                if let Err(e) = backend.remove(slot.key()) {
+                let batch = Batch {
+                    removes: vec![slot.key()],
+                    ..Batch::default()
+                };
+                if let Err(e) = backend.write(&batch) {
                     log::warn!("cannot remove key {:?} from disk: {e}", slot.key());
                 }
             }
@@ -469,11 +519,11 @@ mod tests {
         let a = entry(Some("a"), 1, 1, 1);
         let b = entry(Some("b"), 2, 2, 1);
         let s1 = Store::new();
-        s1.merge("k", a.clone()).unwrap();
-        s1.merge("k", b.clone()).unwrap();
+        s1.merge("k", a.clone());
+        s1.merge("k", b.clone());
         let s2 = Store::new();
-        s2.merge("k", b.clone()).unwrap();
-        assert!(!s2.merge("k", a).unwrap());
+        s2.merge("k", b.clone());
+        assert!(!s2.merge("k", a));
         assert_eq!(s1.get("k"), Some(b.clone()));
         assert_eq!(s2.get("k"), Some(b));
     }
@@ -489,26 +539,49 @@ mod tests {
         ]
         .map(String::from);
         for (i, key) in keys.iter().enumerate() {
-            assert!(store
-                .merge(key, entry(Some(key), i as u64 + 1, 1, i as u64 + 1))
-                .unwrap());
+            assert!(store.merge(key, entry(Some(key), i as u64 + 1, 1, i as u64 + 1)));
         }
         for key in &keys {
             assert_eq!(store.get(key).unwrap().value.as_deref(), Some(key.as_str()));
         }
         assert!(store.get("ключ").is_none());
         // A newer version replaces the stored slot, key included, and the key still resolves.
-        assert!(store.merge("k", entry(Some("v2"), 99, 1, 99)).unwrap());
+        assert!(store.merge("k", entry(Some("v2"), 99, 1, 99)));
         assert_eq!(store.get("k").unwrap().value.as_deref(), Some("v2"));
         assert_eq!(store.len(), keys.len());
     }
 
     #[test]
+    fn written_versions_reach_the_backend_before_memory_and_only_winners() {
+        let backend = Arc::new(MemoryBackend::default());
+        let store = Store::recover(backend.clone(), |_| {}).unwrap();
+        let (old, new, newest) = (
+            entry(Some("old"), 1, 1, 1),
+            entry(Some("new"), 5, 1, 2),
+            entry(Some("newest"), 9, 2, 1),
+        );
+        store.write([("k", &new)], &[("state", b"s1")]).unwrap();
+        // An older version, and two versions of one key in one batch: the larger wins.
+        store
+            .write(
+                [("k", &old), ("j", &newest), ("j", &old)],
+                &[("state", b"s2")],
+            )
+            .unwrap();
+        let again = Store::recover(backend.clone(), |_| {}).unwrap();
+        for s in [&store, &again] {
+            assert_eq!(s.get("k"), Some(new.clone()));
+            assert_eq!(s.get("j"), Some(newest.clone()));
+        }
+        assert_eq!(backend.get_meta("state").unwrap(), Some(b"s2".to_vec()));
+    }
+
+    #[test]
     fn tombstones_win_over_older_values_and_do_not_count() {
         let s = Store::new();
-        s.merge("k", entry(Some("v"), 1, 1, 1)).unwrap();
-        s.merge("k", entry(None, 2, 1, 2)).unwrap();
-        s.merge("k", entry(Some("v"), 1, 1, 1)).unwrap();
+        s.merge("k", entry(Some("v"), 1, 1, 1));
+        s.merge("k", entry(None, 2, 1, 2));
+        s.merge("k", entry(Some("v"), 1, 1, 1));
         assert!(!s.is_live("k"));
         assert_eq!(s.live_count(|_| true), 0);
         assert_eq!(s.len(), 1);
@@ -517,9 +590,9 @@ mod tests {
     #[test]
     fn delta_lists_what_a_peer_has_not_seen() {
         let s = Store::new();
-        s.merge("a", entry(Some("1"), 1, 1, 1)).unwrap();
-        s.merge("b", entry(Some("2"), 2, 1, 2)).unwrap();
-        s.merge("c", entry(Some("3"), 3, 2, 1)).unwrap();
+        s.merge("a", entry(Some("1"), 1, 1, 1));
+        s.merge("b", entry(Some("2"), 2, 1, 2));
+        s.merge("c", entry(Some("3"), 3, 2, 1));
         let seen: VectorClock = [("10.0.0.1:8080".parse().unwrap(), 1)]
             .into_iter()
             .collect();
@@ -619,7 +692,7 @@ mod footprint {
                 },
                 metadata: token.clone(),
             };
-            store.merge(&format!("{i:0>16}"), entry).unwrap();
+            store.merge(&format!("{i:0>16}"), entry);
         }
         let used = rss_kib() - before;
         println!(
