@@ -122,6 +122,8 @@ def main():
     ratio("kvs3 90/10 / etcd 90/10", "kvs3.mix", "etcd.mix", 5)
     ratio("kvs6 GET forwarded / local", "kvs6.forwarded.get", "kvs6.local.get", 0.5)
     ratio("kvs6 PUT forwarded / local", "kvs6.forwarded.put", "kvs6.local.put", 0.5)
+    ratio("kvs3 PUT round robin / sticky", "kvs3.put.rr", "kvs3.put", 0.6)
+    ratio("kvs3 90/10 round robin / sticky", "kvs3.mix.rr", "kvs3.mix", 0.6)
     for name, label in [
         ("kvs3.get.half", "kvs3 GET"),
         ("kvs3.put.half", "kvs3 PUT"),

@@ -2,8 +2,8 @@
 //! network between groups of nodes (a node's outgoing TCP leaves from 127.0.0.1 whatever it
 //! binds, so loopback rules cannot separate two local processes).
 //!
-//! Layout: a bridge `kvsnb<id>` in the root namespace holds `10.213.<id>.1/24`; node `i` runs
-//! in namespace `kvsn<id>-<i>` behind a veth pair, at `10.213.<id>.<10 + i>:8080`. The test
+//! Layout: a bridge `kvsnb<id>` in the root namespace holds `10.214.<id>.1/24`; node `i` runs
+//! in namespace `kvsn<id>-<i>` behind a veth pair, at `10.214.<id>.<10 + i>:8080`. The test
 //! (the clients) talks to every node through the bridge; nodes talk to each other through it
 //! too, so `iptables` rules inside a node's namespace cut exactly the peers they name.
 //! Everything is created by [`NetCluster::start`] and removed on drop, also when the test
@@ -135,7 +135,7 @@ impl NetCluster {
     pub fn start(n: usize, shard_count: u32, log_dir: PathBuf) -> NetCluster {
         remove_leftovers();
         let id = std::process::id() % 250;
-        let subnet = |host: usize| Ipv4Addr::new(10, 213, id as u8, host as u8);
+        let subnet = |host: usize| Ipv4Addr::new(10, 214, id as u8, host as u8);
         let bridge = format!("{PREFIX}b{id}");
         let mut cluster = NetCluster {
             nodes: Vec::new(),
