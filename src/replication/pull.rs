@@ -16,7 +16,7 @@ use super::protocol::{SyncResponse, PATH_SYNC};
 use crate::causal::CausalMetadata;
 use crate::membership::{KEY_APPLIED, KEY_MAP};
 use crate::node::Node;
-use crate::shard::ShardMap;
+use crate::shard::{PeerMap, ShardMap};
 use crate::NodeId;
 
 const PULL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -231,27 +231,61 @@ pub async fn publish_state(node: Arc<Node>) {
     }
 }
 
-/// Adopts any newer shard map a peer gossips, then hands off keys this node no longer owns.
-/// Maps are tiny, so every round re-reads them all: a map skipped while a reshard was
-/// pending here is adopted once the pending reshard ends.
+/// Adopts any newer shard map a peer gossips, then hands off keys this node no longer owns;
+/// a node started without `SHARD_COUNT` whose peers have no map either forms one with them
+/// ([`ShardMap::formed`]). Maps are tiny, so every round re-reads them all: a map skipped
+/// while a reshard was pending here is adopted once the pending reshard ends.
 pub async fn follow_gossiped_maps(node: Arc<Node>) {
     let mut live = node.membership.subscribe();
     loop {
-        let best = {
-            let set = live.borrow_and_update();
-            set.nodes
-                .values()
-                .filter_map(|state| serde_json::from_str::<ShardMap>(state.map.as_ref()?).ok())
-                .reduce(|a, b| if b.supersedes(&a) { b } else { a })
-        };
+        let peers: Vec<(NodeId, ShardMap)> = live
+            .borrow_and_update()
+            .nodes
+            .iter()
+            .filter(|(n, _)| **n != node.me)
+            .filter_map(|(n, state)| {
+                Some((
+                    *n,
+                    serde_json::from_str::<ShardMap>(state.map.as_ref()?).ok()?,
+                ))
+            })
+            .collect();
+        let best = peers
+            .iter()
+            .map(|(_, m)| m)
+            .reduce(|a, b| if b.supersedes(a) { b } else { a });
         if let Some(map) = best {
-            if !node.has_pending_reshard() && node.install_map(map, false) {
+            if !node.has_pending_reshard() && node.install_map(map.clone(), false) {
                 tokio::spawn(crate::admin::hand_off_foreign_keys(node.clone()));
             }
         }
+        form_map_if_none(&node, &peers);
         tokio::select! {
             changed = live.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+fn form_map_if_none(node: &Node, peers: &[(NodeId, ShardMap)]) {
+    if node.config.shard_count.is_some() || !node.map().shards.is_empty() {
+        return;
+    }
+    let view = &node.config.view;
+    let heard: Vec<PeerMap> = peers
+        .iter()
+        .filter(|(n, _)| view.contains(n))
+        .map(|(_, m)| match m.shards.is_empty() {
+            true => PeerMap::Waiting,
+            false => PeerMap::WithShards,
+        })
+        .chain([PeerMap::Waiting])
+        .collect();
+    if let Some(map) = ShardMap::formed(view, &heard) {
+        log::info!(
+            "no node of VIEW has a shard map: forming one shard of all {} nodes",
+            view.len()
+        );
+        node.install_map(map, false);
     }
 }

@@ -31,6 +31,19 @@ pub struct ShardMap {
     pub epoch: u64,
     pub era: u64,
     pub shards: BTreeMap<ShardId, BTreeSet<NodeId>>,
+    /// Formed by nodes started without `SHARD_COUNT` (see [`ShardMap::formed`]): it never
+    /// wins over a map of the same epoch made with `SHARD_COUNT`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub formed: bool,
+}
+
+/// What a node started without `SHARD_COUNT` knows of one live node of its `VIEW`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerMap {
+    /// It gossips a map with shards: the store exists; wait for add-member.
+    WithShards,
+    /// It gossips a map without shards: it waits, as this node does.
+    Waiting,
 }
 
 impl ShardMap {
@@ -51,6 +64,33 @@ impl ShardMap {
             epoch: 0,
             era: 0,
             shards,
+            formed: false,
+        })
+    }
+
+    /// The map that nodes started without `SHARD_COUNT` form when none of them has one (the
+    /// replicated store without shards of the course's earlier assignment): one shard of
+    /// every node of `VIEW`, a function of `VIEW` alone, so that every node computes it the
+    /// same way.
+    ///
+    /// A node forms it once it has heard, by gossip, from a majority of `VIEW` (itself
+    /// included), all waiting for a map as it is, and from no node that has one: nodes start
+    /// seconds apart, and a node of `VIEW` that never starts must not keep the others from
+    /// serving. A node that joins a sharded store (its peers gossip maps with shards) waits
+    /// for add-member instead, and one whose peers are all unreachable hears from no
+    /// majority, so it forms nothing. A formed map loses to any map made with `SHARD_COUNT`
+    /// or by an administrator.
+    pub fn formed(view: &BTreeSet<NodeId>, heard: &[PeerMap]) -> Option<Self> {
+        let waiting = heard.iter().filter(|p| **p == PeerMap::Waiting).count();
+        let anyone_has_one = heard.contains(&PeerMap::WithShards);
+        if anyone_has_one || view.len() < MIN_REPLICAS || waiting < view.len() / 2 + 1 {
+            return None;
+        }
+        Some(Self {
+            epoch: 0,
+            era: 0,
+            shards: BTreeMap::from([(0, view.clone())]),
+            formed: true,
         })
     }
 
@@ -92,7 +132,8 @@ impl ShardMap {
         if other.shards.is_empty() {
             return true;
         }
-        (self.epoch, self.digest()) > (other.epoch, other.digest())
+        let rank = |m: &ShardMap| (m.epoch, !m.formed, m.digest());
+        rank(self) > rank(other)
     }
 
     /// The map of a node that joins an existing store: no shards until it learns the store's.
@@ -101,6 +142,7 @@ impl ShardMap {
             epoch: 0,
             era: 0,
             shards: BTreeMap::new(),
+            formed: false,
         }
     }
 
@@ -114,6 +156,7 @@ impl ShardMap {
         }
         let mut next = self.clone();
         next.epoch += 1;
+        next.formed = false;
         next.shards.entry(shard).or_default().insert(node);
         Ok(next)
     }
@@ -159,6 +202,7 @@ impl ShardMap {
             epoch: self.epoch + 1,
             era: self.era + 1,
             shards: kept,
+            formed: false,
         })
     }
 }
@@ -188,6 +232,40 @@ mod tests {
         range
             .map(|i| format!("10.10.0.{i}:8080").parse().unwrap())
             .collect()
+    }
+
+    #[test]
+    fn nodes_without_shard_count_form_one_shard_once_a_majority_waits() {
+        use PeerMap::{Waiting, WithShards};
+        let view = nodes(2..=4);
+        assert_eq!(ShardMap::formed(&view, &[Waiting]), None, "alone: wait");
+        let map = ShardMap::formed(&view, &[Waiting, Waiting]).expect("a majority");
+        assert_eq!(map.shards, BTreeMap::from([(0, view.clone())]));
+        assert_eq!(
+            ShardMap::formed(&view, &[Waiting, Waiting]),
+            Some(map.clone()),
+            "every node computes the same map"
+        );
+        assert_eq!(
+            ShardMap::formed(&view, &[Waiting, Waiting, WithShards]),
+            None,
+            "a node that joins a store with shards waits for add-member"
+        );
+        assert_eq!(ShardMap::formed(&nodes(2..=2), &[Waiting]), None);
+    }
+
+    #[test]
+    fn a_formed_map_never_wins_over_one_made_with_shard_count_or_by_an_administrator() {
+        let view = nodes(2..=5);
+        let formed = ShardMap::formed(&view, &[PeerMap::Waiting; 3]).unwrap();
+        let configured = ShardMap::initial(&view, 2).unwrap();
+        assert!(configured.supersedes(&formed));
+        assert!(!formed.supersedes(&configured));
+        assert!(formed.supersedes(&ShardMap::none()));
+        let added = formed
+            .with_member(0, nodes(9..=9).into_iter().next().unwrap())
+            .unwrap();
+        assert!(!added.formed && added.supersedes(&configured));
     }
 
     fn sizes(map: &ShardMap) -> Vec<usize> {

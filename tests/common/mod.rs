@@ -229,6 +229,17 @@ impl Cluster {
 
     /// Starts the processes without waiting for readiness.
     pub fn spawn(n: usize, shard_count: Option<u32>, api_format: &str) -> Cluster {
+        Self::spawn_some(n, n, shard_count, api_format)
+    }
+
+    /// Allocates `n` nodes whose `VIEW` names all of them, and starts only the first
+    /// `started` (the others can be started later with `restart`).
+    pub fn spawn_some(
+        n: usize,
+        started: usize,
+        shard_count: Option<u32>,
+        api_format: &str,
+    ) -> Cluster {
         assert!(n <= NODE_LAST_OCTETS.len());
         let cluster_id = CLUSTER_COUNTER.fetch_add(1, Ordering::SeqCst);
         let subnet = cluster_subnet(cluster_id);
@@ -250,8 +261,8 @@ impl Cluster {
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        for addr in addrs {
-            cluster.add_node(addr, &view, shard_count);
+        for (i, addr) in addrs.into_iter().enumerate() {
+            cluster.add_node(addr, &view, shard_count, i < started);
         }
         cluster
     }
@@ -261,7 +272,13 @@ impl Cluster {
         SocketAddrV4::new(ip, free_port(ip))
     }
 
-    fn add_node(&mut self, addr: SocketAddrV4, view: &str, shard_count: Option<u32>) -> usize {
+    fn add_node(
+        &mut self,
+        addr: SocketAddrV4,
+        view: &str,
+        shard_count: Option<u32>,
+        start: bool,
+    ) -> usize {
         let i = self.nodes.len();
         let rust_log = std::env::var("KVS_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_string());
         let data_dir = self.log_dir.join(format!("node{i}-data"));
@@ -282,7 +299,9 @@ impl Cluster {
             env,
             child: Mutex::new(None),
         };
-        node.spawn();
+        if start {
+            node.spawn();
+        }
         self.nodes.push(node);
         i
     }
@@ -298,7 +317,7 @@ impl Cluster {
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        self.add_node(addr, &view, None)
+        self.add_node(addr, &view, None, true)
     }
 
     pub fn len(&self) -> usize {
