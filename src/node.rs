@@ -549,6 +549,9 @@ impl Node {
     /// owns under `next` are already here (a reshard commit); otherwise a change of shard or
     /// era means this node must take in a full copy of its new shard.
     pub fn install_map(&self, next: ShardMap, transferred: bool) -> bool {
+        // Decided and installed under the replica lock, so that two maps installed at once
+        // (gossip and an administrator) cannot end in the older one, in memory or on disk.
+        let mut replica = lock(&self.replica);
         let current = self.map();
         if !next.supersedes(&current) {
             return false;
@@ -570,19 +573,17 @@ impl Node {
                 storage_failed(e);
             }
         }
-        {
-            let mut replica = lock(&self.replica);
-            if era_changed {
-                replica.start_era(next.era);
-                lock(&self.recent).reset(next.era);
-            }
-            self.map.send_replace(Arc::new(next));
-            if era_changed || shard_changed {
-                self.synced.store(transferred, Ordering::Release);
-                self.acks.clear();
-            }
-            self.persist_state(&replica);
+        if era_changed {
+            replica.start_era(next.era);
+            lock(&self.recent).reset(next.era);
         }
+        self.map.send_replace(Arc::new(next));
+        if era_changed || shard_changed {
+            self.synced.store(transferred, Ordering::Release);
+            self.acks.clear();
+        }
+        self.persist_state(&replica);
+        drop(replica);
         self.outbox.wake_all();
         self.bump_progress();
         self.pull_wanted.notify_one();
@@ -642,8 +643,10 @@ impl Node {
         let mine = map.shard_of(&self.me);
         // A dropped key may hold this node's latest write: the state keeps its sequence.
         self.persist_state(&lock(&self.replica));
-        self.store
-            .retain(|key| mine.is_some() && map.shard_for_key(key) == mine);
+        let owned = |key: &str| mine.is_some() && map.shard_for_key(key) == mine;
+        if let Err(e) = self.store.retain(owned) {
+            storage_failed(e);
+        }
     }
 
     pub fn live_key_count(&self) -> usize {

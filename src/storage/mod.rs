@@ -242,25 +242,32 @@ impl Store {
         self.records_where(|_, s| s.era == era && s.seq > seen.get(&s.origin))
     }
 
-    /// Drops every key `keep` refuses (keys that moved to another shard). A key whose removal
-    /// from disk fails comes back after a restart as a key of another shard, which a node
-    /// hands to its owners anyway.
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+    /// Drops every key `keep` refuses (keys that moved to another shard), from memory and
+    /// then, in batches, from disk. A key whose removal from disk is lost to a crash comes
+    /// back after the restart as a key of another shard, which a node hands to its owners.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) -> Result<(), StorageError> {
+        let mut removed: Vec<String> = Vec::new();
         self.entries.retain(|slot, _| {
             let kept = keep(slot.key());
-            if let (false, Some(backend)) = (kept, &self.backend) {
-                let batch = Batch {
-                    removes: vec![slot.key()],
-                    ..Batch::default()
-                };
-                if let Err(e) = backend.write(&batch) {
-                    log::warn!("cannot remove key {:?} from disk: {e}", slot.key());
-                }
+            if !kept && self.backend.is_some() {
+                removed.push(slot.key().to_owned());
             }
             kept
         });
+        if let Some(backend) = &self.backend {
+            for chunk in removed.chunks(REMOVE_BATCH_KEYS) {
+                backend.write(&Batch {
+                    removes: chunk.iter().map(String::as_str).collect(),
+                    ..Batch::default()
+                })?;
+            }
+        }
+        Ok(())
     }
 }
+
+/// Keys removed from disk per journal write when a node drops the keys it no longer owns.
+const REMOVE_BATCH_KEYS: usize = 10_000;
 
 /// The replica's state as persisted beside the data: what a restarted node needs to go on
 /// exactly where it stopped (and never issue a sequence number twice).

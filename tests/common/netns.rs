@@ -117,6 +117,13 @@ impl NetNode {
         }
     }
 
+    /// Runs `iptables` inside this node's namespace.
+    fn iptables(&self, args: &[&str]) -> bool {
+        let mut command = vec!["ip", "netns", "exec", &self.netns, "iptables"];
+        command.extend_from_slice(args);
+        sh(&command)
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.lock().unwrap().is_some()
     }
@@ -245,13 +252,8 @@ impl NetCluster {
                     continue;
                 }
                 let ip = peer.addr.ip().to_string();
-                let ns = node.netns.as_str();
-                must(&[
-                    "ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-s", &ip, "-j", "DROP",
-                ]);
-                must(&[
-                    "ip", "netns", "exec", ns, "iptables", "-A", "OUTPUT", "-d", &ip, "-j", "DROP",
-                ]);
+                assert!(node.iptables(&["-A", "INPUT", "-s", &ip, "-j", "DROP"]));
+                assert!(node.iptables(&["-A", "OUTPUT", "-d", &ip, "-j", "DROP"]));
             }
         }
     }
@@ -259,24 +261,8 @@ impl NetCluster {
     /// Removes every cut.
     pub fn heal(&self) {
         for node in &self.nodes {
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &node.netns,
-                "iptables",
-                "-F",
-                "INPUT",
-            ]);
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &node.netns,
-                "iptables",
-                "-F",
-                "OUTPUT",
-            ]);
+            node.iptables(&["-F", "INPUT"]);
+            node.iptables(&["-F", "OUTPUT"]);
         }
     }
 
