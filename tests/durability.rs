@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const FMT: &str = "2019";
 
@@ -110,5 +110,65 @@ async fn a_whole_store_killed_at_once_comes_back_whole() {
             .unwrap_or_else(|e| panic!("key once-{k}: {e}"));
         assert_eq!(s, 200);
         assert_eq!(b["value"], format!("value-{k}"));
+    }
+}
+
+/// The same after the store changed shape: a node added with add-member, then a reshard
+/// (a new era). Killed at once and started again, every node keeps its shard, and every key
+/// written before and after the changes reads back.
+#[tokio::test]
+async fn a_store_restarted_after_add_member_and_reshard_keeps_its_shape_and_keys() {
+    let mut c = Cluster::start(4, Some(2), FMT).await;
+    let mut cm = String::new();
+    for k in 0..100 {
+        cm = must_put(&c, k % 4, &format!("before-{k}"), &format!("b{k}"), &cm).await;
+    }
+    let all = c.addrs();
+    let fifth = c.start_extra_node(&all);
+    for i in 0..c.len() {
+        c.wait_view(i, &c.addrs(), CONVERGE_TIMEOUT).await;
+    }
+    let added = put(
+        &c.url(0, "/key-value-store-shard/add-member/1"),
+        json!({"socket-address": c.addr(fifth).to_string()}),
+    )
+    .await;
+    assert_eq!(added.0, 200, "add-member: {}", added.1);
+    let resharded = put(
+        &c.url(1, "/key-value-store-shard/reshard"),
+        json!({"shard-count": 2}),
+    )
+    .await;
+    assert_eq!(resharded.0, 200, "reshard: {}", resharded.1);
+    for k in 0..100 {
+        cm = must_put(&c, k % 5, &format!("after-{k}"), &format!("a{k}"), &cm).await;
+    }
+    let mut before = Vec::new();
+    for i in 0..c.len() {
+        before.push(shard_of_node(&c, i).await);
+    }
+    for i in 0..c.len() {
+        c.kill(i);
+    }
+    for i in 0..c.len() {
+        c.restart(i);
+    }
+    for (i, shard) in before.iter().enumerate() {
+        c.wait_http(i, READY_TIMEOUT).await;
+        assert_eq!(&shard_of_node(&c, i).await, shard, "node {i} changed shard");
+    }
+    for k in 0..100 {
+        for (key, value) in [
+            (format!("before-{k}"), format!("b{k}")),
+            (format!("after-{k}"), format!("a{k}")),
+        ] {
+            let (_, b, _) = c
+                .poll_get(k % 5, &key, Some(&cm), Duration::from_secs(20), |s, _| {
+                    s == 200
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
+            assert_eq!(b["value"], value.as_str(), "{key}");
+        }
     }
 }
