@@ -18,6 +18,11 @@ pub enum KvsError {
     BadRequest(String),
     #[error("Unable to satisfy request")]
     Unavailable,
+    /// A forwarded write reached a member, whose answer was lost: it may have been applied.
+    #[error(
+        "Unable to satisfy request: the write may have been applied; read the key before retrying"
+    )]
+    WriteFateUnknown,
     #[error("Causal dependencies not satisfied")]
     DependenciesMissing,
     #[error("Shard ID does not exist")]

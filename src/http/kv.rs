@@ -196,7 +196,7 @@ async fn serve(
                     match relay_once(node, &relayed(Vec::new()), issuer).await {
                         Ok(answer) => return answer,
                         Err(Undelivered::Unknown) if op != Op::Get => {
-                            return KvAnswer::error(op, &KvsError::Unavailable)
+                            return KvAnswer::error(op, &KvsError::WriteFateUnknown)
                         }
                         // Not reached: wait for the dependencies here after all.
                         Err(_) => {}
@@ -339,7 +339,9 @@ async fn forward(node: &Node, request: Relayed<'_>) -> KvAnswer {
     for &member in request.members.iter().take(3) {
         match relay_once(node, &request, member).await {
             Ok(answer) => return answer,
-            Err(Undelivered::Unknown) if request.op != Op::Get => return unavailable(),
+            Err(Undelivered::Unknown) if request.op != Op::Get => {
+                return KvAnswer::error(request.op, &KvsError::WriteFateUnknown)
+            }
             Err(_) => {}
         }
     }

@@ -53,9 +53,10 @@ fn status_of(error: &KvsError) -> StatusCode {
         | KvsError::BadRequest(_)
         | KvsError::NotEnoughNodes => StatusCode::BAD_REQUEST,
         KvsError::Conflict(_) => StatusCode::CONFLICT,
-        KvsError::Unavailable | KvsError::DependenciesMissing | KvsError::NotOwner(_) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        KvsError::Unavailable
+        | KvsError::WriteFateUnknown
+        | KvsError::DependenciesMissing
+        | KvsError::NotOwner(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -151,6 +152,17 @@ mod tests {
                 400,
                 json!({"message": "Not enough nodes to provide fault-tolerance with the given shard count!"})
             )
+        );
+    }
+
+    #[test]
+    fn a_write_of_unknown_fate_says_to_read_before_retrying() {
+        let (status, body) = body(error(Op::Put, &KvsError::WriteFateUnknown));
+        assert_eq!(status, 503);
+        assert_eq!(body["message"], "Error in PUT");
+        let text = body["error"].as_str().unwrap();
+        assert!(
+            text.starts_with("Unable to satisfy request") && text.contains("may have been applied")
         );
     }
 
