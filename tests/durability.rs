@@ -172,3 +172,48 @@ async fn a_store_restarted_after_add_member_and_reshard_keeps_its_shape_and_keys
         }
     }
 }
+
+/// A damaged data directory stops the node at start with one line naming the directory
+/// (never a node serving from data it cannot read back).
+#[tokio::test]
+async fn a_damaged_data_directory_stops_the_node_with_one_line_naming_it() {
+    let c = Cluster::start(2, Some(1), FMT).await;
+    must_put(&c, 0, "k", "v", "").await;
+    c.kill(0);
+    let dir = c.log_dir.join("node0-data");
+    // The engine's format marker, overwritten: what a disk that returns garbage looks like.
+    std::fs::write(dir.join("version"), b"garbage").expect("damage the directory");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvs"))
+        .env("SOCKET_ADDRESS", c.addr(0).to_string())
+        .env("BIND_ADDRESS", c.addr(0).to_string())
+        .env("VIEW", c.view_string())
+        .env("SHARD_COUNT", "1")
+        .env("KVS_DATA_DIR", &dir)
+        .env("RUST_LOG", "off")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run a node on the damaged directory");
+    // Bounded: a node that starts after all is killed, and the test fails.
+    let exited = poll_until(Duration::from_secs(20), POLL_INTERVAL, || {
+        let status = child.try_wait().ok().flatten();
+        async move { status }
+    })
+    .await;
+    if exited.is_none() {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().expect("collect its output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        exited.is_some(),
+        "a node on a damaged directory must not start: {stderr}"
+    );
+    assert!(!output.status.success(), "must not start: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].contains(&dir.display().to_string()),
+        "names the directory: {stderr}"
+    );
+}
