@@ -23,6 +23,25 @@ async fn shard_of_node(c: &Cluster, i: usize) -> String {
     b["shard-id"].as_str().expect("shard-id").to_owned()
 }
 
+/// Kills every node at once, starts them all again, and checks each is back in the shard
+/// it was in.
+async fn kill_all_and_restart(c: &Cluster) {
+    let mut before = Vec::new();
+    for i in 0..c.len() {
+        before.push(shard_of_node(c, i).await);
+    }
+    for i in 0..c.len() {
+        c.kill(i);
+    }
+    for i in 0..c.len() {
+        c.restart(i);
+    }
+    for (i, shard) in before.iter().enumerate() {
+        c.wait_http(i, READY_TIMEOUT).await;
+        assert_eq!(&shard_of_node(c, i).await, shard, "node {i} changed shard");
+    }
+}
+
 /// Node 0 acknowledges a write while both its peers are paused (so nothing was pushed),
 /// and is killed at once. It comes back with the write from its disk, and its peers get
 /// it from there: a client reading through a peer with the write's metadata sees it.
@@ -68,13 +87,6 @@ async fn an_acknowledged_write_survives_kill_9_before_any_peer_has_it() {
 #[tokio::test]
 async fn a_whole_store_killed_at_once_comes_back_whole() {
     let c = Cluster::start(6, Some(2), FMT).await;
-    let before: Vec<String> = {
-        let mut ids = Vec::new();
-        for i in 0..c.len() {
-            ids.push(shard_of_node(&c, i).await);
-        }
-        ids
-    };
     let keys = 600;
     let mut cm = String::new();
     for k in 0..keys {
@@ -87,16 +99,7 @@ async fn a_whole_store_killed_at_once_comes_back_whole() {
         )
         .await;
     }
-    for i in 0..c.len() {
-        c.kill(i);
-    }
-    for i in 0..c.len() {
-        c.restart(i);
-    }
-    for (i, shard) in before.iter().enumerate() {
-        c.wait_http(i, READY_TIMEOUT).await;
-        assert_eq!(&shard_of_node(&c, i).await, shard, "node {i} changed shard");
-    }
+    kill_all_and_restart(&c).await;
     for k in 0..keys {
         let (s, b, _) = c
             .poll_get(
@@ -143,20 +146,7 @@ async fn a_store_restarted_after_add_member_and_reshard_keeps_its_shape_and_keys
     for k in 0..100 {
         cm = must_put(&c, k % 5, &format!("after-{k}"), &format!("a{k}"), &cm).await;
     }
-    let mut before = Vec::new();
-    for i in 0..c.len() {
-        before.push(shard_of_node(&c, i).await);
-    }
-    for i in 0..c.len() {
-        c.kill(i);
-    }
-    for i in 0..c.len() {
-        c.restart(i);
-    }
-    for (i, shard) in before.iter().enumerate() {
-        c.wait_http(i, READY_TIMEOUT).await;
-        assert_eq!(&shard_of_node(&c, i).await, shard, "node {i} changed shard");
-    }
+    kill_all_and_restart(&c).await;
     for k in 0..100 {
         for (key, value) in [
             (format!("before-{k}"), format!("b{k}")),
