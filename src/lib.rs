@@ -8,8 +8,12 @@
 //!   channel (or HTTP, [`peer`], until the member's relay port is known), and its answer is
 //!   passed back unchanged.
 //! - A key of this node's shard is served by [`node`]: it first waits until the writes the
-//!   client's causal metadata depends on are applied here ([`causal`]), then reads or writes
-//!   [`storage`].
+//!   client's causal metadata depends on are applied here ([`causal`]), or relays the request
+//!   to the node that issued the client's token, which has them; then it reads or writes
+//!   [`storage`], which keeps every key in memory and journals every write to disk (fjall,
+//!   behind the `storage::Backend` seam) before it is answered.
+//! - A restarted node starts from what [`recovery`] reads back from its data directory: its
+//!   keys, its applied clock and own sequence number, and its shard map.
 //! - A write is answered at once and then pushed to the other members of the shard in
 //!   batches; replicas apply writes in causal order and pull what they miss ([`replication`]).
 //! - Nodes learn who is up, and each other's shard maps and progress, by gossip
