@@ -12,7 +12,7 @@
 # usage: bench/run.sh [--scale] [--scale-only] [--duration S] [--concurrency C]
 #                     [--open-concurrency C] [--keys N]
 #                     [--scale-keys N] [--threads T] [--no-build] [--no-nice] [--out DIR]
-#                     [--only fixed,kvs3,etcd,kvs6]   (a subset of the systems, for quick checks)
+#                     [--only fixed,kvs3,kvs3-always,kvs3-memory,etcd,kvs6]   (a subset, for quick checks)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,7 +28,7 @@ SCALE_ONLY=0
 SCALE_KEYS=2000000   # two shards: each node holds about half, i.e. 1,000,000
 BUILD=1
 OUT=""
-ONLY="fixed,kvs3,etcd,kvs6"
+ONLY="fixed,kvs3,kvs3-always,kvs3-memory,etcd,kvs6"
 NICE_LEVEL=-10       # as root, the benchmark's processes run at a higher priority than the rest
 
 while [ $# -gt 0 ]; do
@@ -220,6 +220,27 @@ if [ $SCALE_ONLY = 0 ]; then
         --duration "$DURATION" --warmup "$WARMUP" --read-ratio 0.9
     stop_group
     fi
+
+    # ---------------------------------------------------------------- kvs, 3 nodes: the other storage modes
+    # The same store with every write synced before its answer, and with data in memory
+    # only: what durability costs, next to the default (periodic sync) above.
+    for mode in always memory; do
+        want "kvs3-$mode" || continue
+        log "kvs: 3 nodes, 1 shard, storage mode $mode"
+        begin_group
+        if [ $mode = always ]; then export KVS_SYNC=always; else export KVS_IN_MEMORY=true; fi
+        V3=$IP.11:8080,$IP.12:8080,$IP.13:8080
+        for a in ${V3//,/ }; do start_kvs kvs3$mode 1 "$V3" "$a"; done
+        unset KVS_SYNC KVS_IN_MEMORY
+        "$BENCH" wait-ready --targets "$V3" --nodes 3 --timeout 60
+        for w in get put; do
+            ratio=1; [ $w = put ] && ratio=0
+            prefill=(); [ $w = get ] && prefill=(--prefill)
+            run_load kvs3$mode.$w --targets "$V3" --keys "$KEYS" --spread worker --concurrency "$CONCURRENCY" \
+                --duration "$DURATION" --warmup "$WARMUP" --read-ratio $ratio "${prefill[@]}"
+        done
+        stop_group
+    done
 
     # ---------------------------------------------------------------- etcd, 3 members
     if want etcd; then
