@@ -126,8 +126,7 @@ async fn sync_periodically(node: Arc<node::Node>, interval: std::time::Duration)
         tokio::time::sleep(interval).await;
         let backend = backend.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || backend.sync()).await {
-            log::error!("periodic sync failed, stopping: {e}");
-            std::process::exit(3);
+            node::storage_failed(e);
         }
     }
 }

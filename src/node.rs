@@ -99,7 +99,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A node that cannot write to its disk stops rather than go on with state it cannot keep
 /// (an acknowledged write must be on disk, and a sequence number once issued must stay
 /// issued). Its peers and its restart take over from there, as after a crash.
-fn storage_failed(error: StorageError) -> ! {
+pub(crate) fn storage_failed(error: StorageError) -> ! {
     log::error!("storage failed, stopping: {error}");
     std::process::exit(3)
 }
