@@ -23,6 +23,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use tokio::time::Instant;
 
+use crate::budget::Deadline;
 use crate::error::{KvsError, Result};
 use crate::node::{Node, PendingReshard};
 use crate::replication::protocol::{
@@ -145,7 +146,7 @@ pub async fn add_member(node: &Arc<Node>, shard: ShardId, member: NodeId) -> Res
 
 /// On a new member: copy the shard from every live member, then report the key count.
 pub async fn catch_up(node: &Arc<Node>, epoch: u64) -> Result<KeyCount> {
-    if !node.await_epoch(epoch).await {
+    if !node.await_epoch(epoch, Deadline::for_client()).await {
         return Err(KvsError::Unavailable);
     }
     let shard = node.my_shard().ok_or(KvsError::NotAMember)?;

@@ -20,6 +20,7 @@
 //!   ([`membership`]). Adding a member and resharding are coordinated by [`admin`].
 
 pub mod admin;
+pub mod budget;
 pub mod causal;
 pub mod codec;
 pub mod config;

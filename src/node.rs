@@ -14,6 +14,7 @@ use dashmap::DashMap;
 use tokio::sync::{watch, Notify, OwnedRwLockWriteGuard, RwLock};
 use tokio::time::Instant;
 
+use crate::budget::Deadline;
 use crate::causal::{Admission, CausalMetadata, Readiness, Replica};
 use crate::config::Config;
 use crate::config::SyncMode;
@@ -287,10 +288,15 @@ impl Node {
         (!ready).then_some(issuer)
     }
 
-    /// Waits (bounded) until this node has applied every write of its shard that `deps`
-    /// covers, fetching what it lacks from its peers.
-    pub async fn await_dependencies(&self, deps: &CausalMetadata) -> Result<()> {
-        let deadline = Instant::now() + self.config.dependency_timeout;
+    /// Waits (bounded, and no later than the request's `deadline`) until this node has
+    /// applied every write of its shard that `deps` covers, fetching what it lacks from
+    /// its peers.
+    pub async fn await_dependencies(
+        &self,
+        deps: &CausalMetadata,
+        deadline: Deadline,
+    ) -> Result<()> {
+        let deadline = deadline.within(self.config.dependency_timeout);
         let mut progress = self.progress.subscribe();
         loop {
             let readiness = {
@@ -315,11 +321,11 @@ impl Node {
     }
 
     /// Waits (bounded) until a restarted or newly added node holds its shard's data.
-    async fn await_synced(&self) -> Result<()> {
+    async fn await_synced(&self, deadline: Deadline) -> Result<()> {
         if self.is_synced() {
             return Ok(());
         }
-        let deadline = Instant::now() + self.config.dependency_timeout;
+        let deadline = deadline.within(self.config.dependency_timeout);
         let mut progress = self.progress.subscribe();
         while !self.is_synced() {
             self.pull_wanted.notify_one();
@@ -334,16 +340,22 @@ impl Node {
     }
 
     /// Waits (bounded) until this node knows a map of at least `epoch`.
-    pub async fn await_epoch(&self, epoch: u64) -> bool {
+    pub async fn await_epoch(&self, epoch: u64, deadline: Deadline) -> bool {
         let mut maps = self.map.subscribe();
-        tokio::time::timeout(MAP_WAIT, maps.wait_for(|m| m.epoch >= epoch))
+        let until = deadline.within(MAP_WAIT);
+        tokio::time::timeout_at(until, maps.wait_for(|m| m.epoch >= epoch))
             .await
             .is_ok_and(|r| r.is_ok())
     }
 
-    pub async fn read(&self, key: &str, deps: &CausalMetadata) -> Result<Entry> {
-        self.await_dependencies(deps).await?;
-        self.await_synced().await?;
+    pub async fn read(
+        &self,
+        key: &str,
+        deps: &CausalMetadata,
+        deadline: Deadline,
+    ) -> Result<Entry> {
+        self.await_dependencies(deps, deadline).await?;
+        self.await_synced(deadline).await?;
         if let Route::Remote(shard, _) = self.route(key)? {
             return Err(KvsError::NotOwner(shard));
         }
@@ -359,10 +371,11 @@ impl Node {
         key: &str,
         value: Option<String>,
         deps: &CausalMetadata,
+        deadline: Deadline,
     ) -> Result<WriteOutcome> {
-        self.await_dependencies(deps).await?;
-        self.await_synced().await?;
-        let _gate = tokio::time::timeout(FREEZE_WAIT, self.write_gate.read())
+        self.await_dependencies(deps, deadline).await?;
+        self.await_synced(deadline).await?;
+        let _gate = tokio::time::timeout_at(deadline.within(FREEZE_WAIT), self.write_gate.read())
             .await
             .map_err(|_| KvsError::Unavailable)?;
         let shard = match self.route(key)? {

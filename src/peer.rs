@@ -18,6 +18,9 @@ pub const MAX_HOPS: u32 = 4;
 /// A header carrying the forwarding node's map epoch, so that a receiver with an older map
 /// waits to learn the newer one instead of bouncing the request back.
 pub const EPOCH_HEADER: &str = "x-kvs-epoch";
+/// A header carrying how long the forwarding node waits for the answer, in milliseconds
+/// ([`crate::budget`]).
+pub const BUDGET_HEADER: &str = "x-kvs-budget-ms";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -41,6 +44,7 @@ pub struct Relayed {
     pub method: reqwest::Method,
     pub path_and_query: String,
     pub body: Bytes,
+    pub budget_ms: u32,
     /// Hops including the one about to be made.
     pub hops: u32,
     /// The forwarding node's map epoch.
@@ -151,6 +155,7 @@ impl Peers {
             )
             .header(FORWARDED_HEADER, request.hops.to_string())
             .header(EPOCH_HEADER, request.epoch.to_string())
+            .header(BUDGET_HEADER, request.budget_ms.to_string())
             .header("content-type", "application/json")
             .body(request.body.clone())
             .timeout(timeout)

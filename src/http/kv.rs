@@ -1,7 +1,6 @@
 //! `/key-value-store/<key>`: validate, then serve locally or forward to the key's shard.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -12,10 +11,11 @@ use serde_json::Value;
 
 use super::reply::{self, Op};
 use super::{hops, json_object, read_body, BODY_LIMIT};
+use crate::budget::Deadline;
 use crate::causal::CausalMetadata;
 use crate::error::KvsError;
-use crate::node::{Node, Route, FREEZE_WAIT};
-use crate::peer::{PeerError, Relayed as HttpRelayed, EPOCH_HEADER, MAX_HOPS};
+use crate::node::{Node, Route};
+use crate::peer::{PeerError, Relayed as HttpRelayed, BUDGET_HEADER, EPOCH_HEADER, MAX_HOPS};
 use crate::relay::{Call, RelayError};
 use crate::NodeId;
 
@@ -126,19 +126,28 @@ pub async fn handle(
     let Ok(body) = read_body(payload).await else {
         return reply::too_large(op.name(), BODY_LIMIT);
     };
-    let sender_epoch = req
-        .headers()
-        .get(EPOCH_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    };
+    let hops = hops(&req);
+    let arrival = Arrival {
+        hops,
+        sender_epoch: header(EPOCH_HEADER).unwrap_or(0),
+        deadline: match hops {
+            0 => Deadline::for_client(),
+            _ => Deadline::from_budget_ms(
+                header(BUDGET_HEADER).map_or(0, |ms: u64| u32::try_from(ms).unwrap_or(u32::MAX)),
+            ),
+        },
+    };
     let path = req
         .uri()
         .path_and_query()
         .map_or_else(|| req.uri().path(), |p| p.as_str());
-    serve(&node, op, path, body, hops(&req), sender_epoch)
-        .await
-        .into_response()
+    serve(&node, op, path, body, arrival).await.into_response()
 }
 
 /// The relay channel's handler: a relayed request is served as if it came by HTTP.
@@ -148,28 +157,47 @@ pub fn relay_handler(
     move |call: Call| {
         let node = node.clone();
         Box::pin(async move {
-            let answer = serve(&node, call.op, &call.path, call.body, call.hops, call.epoch).await;
+            let arrival = Arrival {
+                hops: call.hops,
+                sender_epoch: call.epoch,
+                deadline: Deadline::from_budget_ms(call.budget_ms),
+            };
+            let answer = serve(&node, call.op, &call.path, call.body, arrival).await;
             (answer.status.as_u16(), answer.body)
         })
     }
 }
 
-/// Serves a key-value request that reached this node directly (`hops` 0) or was forwarded
-/// by a node whose map had `sender_epoch`.
+/// How a request reached this node.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    /// 0 from a client; otherwise the nodes it passed through.
+    hops: u32,
+    /// The forwarding node's map epoch.
+    sender_epoch: u64,
+    /// When the node before this one (or the client) stops waiting, less a margin.
+    deadline: Deadline,
+}
+
+/// Serves a key-value request that reached this node directly or was forwarded.
 async fn serve(
     node: &Node,
     op: Op,
     path_and_query: &str,
     body: Bytes,
-    hops: u32,
-    sender_epoch: u64,
+    arrival: Arrival,
 ) -> KvAnswer {
+    let Arrival {
+        hops,
+        sender_epoch,
+        deadline,
+    } = arrival;
     let key = match key_from_path(path_and_query) {
         Ok(key) => key,
         Err(e) => return KvAnswer::error(op, &e),
     };
     if hops > 0 && sender_epoch > node.map().epoch {
-        node.await_epoch(sender_epoch).await;
+        node.await_epoch(sender_epoch, deadline).await;
     }
     // A request for another shard is relayed as it came: the owner validates it, and its
     // answer (an error included) goes back unchanged.
@@ -179,6 +207,7 @@ async fn serve(
         body: body.clone(),
         members,
         hops,
+        deadline,
     };
     match node.route(&key) {
         Ok(Route::Remote(_, members)) => forward(node, relayed(members)).await,
@@ -203,7 +232,7 @@ async fn serve(
                     }
                 }
             }
-            match execute(node, &request).await {
+            match execute(node, &request, deadline).await {
                 // The map changed while the request waited: route it again.
                 Err(KvsError::NotOwner(_)) => match node.route(&request.key) {
                     Ok(Route::Remote(_, members)) => forward(node, relayed(members)).await,
@@ -251,10 +280,14 @@ fn json_reply(status: StatusCode, body: &impl Serialize) -> KvAnswer {
     }
 }
 
-async fn execute(node: &Node, request: &KvRequest) -> Result<KvAnswer, KvsError> {
+async fn execute(
+    node: &Node,
+    request: &KvRequest,
+    deadline: Deadline,
+) -> Result<KvAnswer, KvsError> {
     match request.op {
         Op::Get => {
-            let entry = node.read(&request.key, &request.deps).await?;
+            let entry = node.read(&request.key, &request.deps, deadline).await?;
             let metadata = read_metadata(&request.deps, entry.metadata, node.me);
             let body = Retrieved {
                 message: "Retrieved successfully",
@@ -266,7 +299,7 @@ async fn execute(node: &Node, request: &KvRequest) -> Result<KvAnswer, KvsError>
         }
         Op::Put | Op::Delete => {
             let outcome = node
-                .write(&request.key, request.value.clone(), &request.deps)
+                .write(&request.key, request.value.clone(), &request.deps, deadline)
                 .await?;
             let (status, message) = match (request.op, outcome.created) {
                 (Op::Put, true) => (StatusCode::CREATED, "Added successfully"),
@@ -316,6 +349,8 @@ struct Relayed<'a> {
     members: Vec<NodeId>,
     /// Hops so far.
     hops: u32,
+    /// When this node must have answered.
+    deadline: Deadline,
 }
 
 /// Why a relayed request got no answer.
@@ -327,10 +362,14 @@ enum Undelivered {
     Unknown,
 }
 
+/// How often one write is sent to its owner: again only when a connection died with it on
+/// it, and each attempt is bounded by the request's deadline as well.
+const MAX_WRITE_ATTEMPTS: u8 = 4;
+
 /// Relays the request to a member of the key's shard, trying the next one if a member
 /// cannot be reached, and passes its answer back unchanged. A write whose answer is lost
-/// on the way is not sent again to another member: it may have been applied, and a second
-/// copy could overwrite a later write of another client.
+/// on the way is not sent to another member: it may have been applied, and a second copy
+/// could overwrite a later write of another client (see [`relay_once`]).
 async fn forward(node: &Node, request: Relayed<'_>) -> KvAnswer {
     let unavailable = || KvAnswer::error(request.op, &KvsError::Unavailable);
     if request.hops >= MAX_HOPS {
@@ -348,16 +387,22 @@ async fn forward(node: &Node, request: Relayed<'_>) -> KvAnswer {
     unavailable()
 }
 
-/// One attempt to relay the request to `member`.
+/// Relays the request to `member`. A read whose connection dies is given up at once (the
+/// caller tries another member). A write whose connection dies is sent again to the same
+/// member, with the same id, on a new connection: the member answers a write it applied
+/// from memory instead of applying it twice ([`crate::relay::remembered`]), so a stuck
+/// connection costs a few seconds, not the write.
 async fn relay_once(
     node: &Node,
     request: &Relayed<'_>,
     member: NodeId,
 ) -> Result<KvAnswer, Undelivered> {
-    let timeout = node.config.dependency_timeout + FREEZE_WAIT + Duration::from_secs(5);
+    let Some(budget_ms) = request.deadline.forward_budget_ms() else {
+        return Err(Undelivered::NotSent);
+    };
     let epoch = node.map().epoch;
     let Some(relay_address) = node.membership.relay_address(&member) else {
-        return relay_over_http(node, request, member, epoch, timeout)
+        return relay_over_http(node, request, member, epoch, budget_ms)
             .await
             .map_err(|e| {
                 log::debug!("forwarding to {member} failed: {e}");
@@ -367,23 +412,42 @@ async fn relay_once(
                 }
             });
     };
-    let call = Call {
-        id: 0,
+    let mut call = Call {
+        id: node.relay.next_id(),
+        origin: 0,
+        attempt: 0,
         op: request.op,
         hops: request.hops + 1,
         epoch,
+        budget_ms,
         path: request.path_and_query.to_owned(),
         body: request.body.clone(),
     };
-    match node.relay.call(relay_address, call, timeout).await {
-        Ok(answer) => Ok(KvAnswer::relayed(answer.status, answer.body)),
-        Err(e @ RelayError::NoAnswer(..)) => {
-            log::warn!("forwarding to {member} failed: {e}");
-            Err(Undelivered::Unknown)
-        }
-        Err(e) => {
-            log::debug!("forwarding to {member} failed: {e}");
-            Err(Undelivered::NotSent)
+    loop {
+        let result = node
+            .relay
+            .call(relay_address, call.clone(), request.deadline.remaining())
+            .await;
+        let again = call.attempt + 1 < MAX_WRITE_ATTEMPTS && request.op != Op::Get;
+        match result {
+            Ok(answer) => return Ok(KvAnswer::relayed(answer.status, answer.body)),
+            Err(e @ RelayError::NotSent(..)) if call.attempt == 0 => {
+                log::debug!("forwarding to {member} failed: {e}");
+                return Err(Undelivered::NotSent);
+            }
+            Err(e @ RelayError::Lost(..)) if again => {
+                let Some(budget_ms) = request.deadline.forward_budget_ms() else {
+                    log::warn!("forwarding to {member} failed: {e}; no time left to retry");
+                    return Err(Undelivered::Unknown);
+                };
+                log::warn!("forwarding to {member}: {e}; sending the write again");
+                call.attempt += 1;
+                call.budget_ms = budget_ms;
+            }
+            Err(e) => {
+                log::warn!("forwarding to {member} failed: {e}");
+                return Err(Undelivered::Unknown);
+            }
         }
     }
 }
@@ -394,7 +458,7 @@ async fn relay_over_http(
     request: &Relayed<'_>,
     member: NodeId,
     epoch: u64,
-    timeout: Duration,
+    budget_ms: u32,
 ) -> Result<KvAnswer, PeerError> {
     let method = match request.op {
         Op::Get => reqwest::Method::GET,
@@ -405,9 +469,11 @@ async fn relay_over_http(
         method,
         path_and_query: request.path_and_query.to_owned(),
         body: request.body.clone(),
+        budget_ms,
         hops: request.hops + 1,
         epoch,
     };
+    let timeout = request.deadline.remaining();
     let (status, body) = node.peers.relay(member, &relayed, timeout).await?;
     Ok(KvAnswer::relayed(status, body))
 }

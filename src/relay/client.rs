@@ -1,5 +1,11 @@
 //! The forwarding side: one multiplexed connection per peer, shared by every request this
-//! node forwards there.
+//! node forwards there, and watched by a heartbeat.
+//!
+//! A slow owner still answers heartbeats (its connection's reader answers them at once,
+//! whatever the calls in flight wait for); a paused or vanished one, or a connection that
+//! lost its way without a reset, does not. After [`SILENCE_LIMIT`] without a byte from the
+//! peer the connection is closed and its calls fail as [`RelayError::Lost`], within
+//! seconds instead of at their deadlines, so that the caller can fail over.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,10 +20,16 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
-use super::frame::{decode_answer, encode_call, Answer, Call};
+use super::frame::{decode_answer, encode_call, encode_ping, Answer, Call, FORGOTTEN, PONG};
 use super::{reserve_for_read, write_coalesced, MAX_IN_FLIGHT};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How often a connection sends a heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+/// A connection whose peer has sent nothing for this long is closed. Six heartbeats: a
+/// CPU-starved owner (load average 50 on 2 cores) is scheduled within hundreds of
+/// milliseconds; a paused process or a cut cable never answers.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(3);
 /// After a failed dial, requests to the peer fail at once for this long.
 const REDIAL_AFTER: Duration = Duration::from_millis(250);
 
@@ -27,10 +39,17 @@ pub enum RelayError {
     /// The call never left this node: another member may safely be tried.
     #[error("relay to {0}: not sent: {1}")]
     NotSent(SocketAddr, &'static str),
-    /// The call was handed to the connection but no answer came back: a write may or may
-    /// not have been applied.
+    /// The call was handed to the connection but no answer came back in time: a write may
+    /// or may not have been applied.
     #[error("relay to {0}: no answer: {1}")]
     NoAnswer(SocketAddr, &'static str),
+    /// The connection died (went silent, or closed) with the call on it. It may have been
+    /// applied; sent again to the same peer, with the same id, it is not applied twice.
+    #[error("relay to {0}: connection lost: {1}")]
+    Lost(SocketAddr, &'static str),
+    /// The call was sent again and the peer no longer remembers whether it applied it.
+    #[error("relay to {0}: the peer forgot the call")]
+    Forgotten(SocketAddr),
 }
 
 /// Calls waiting for their answers on one connection.
@@ -44,8 +63,12 @@ struct Pending {
 struct Connection {
     frames: mpsc::Sender<BytesMut>,
     pending: Mutex<Pending>,
-    next_id: AtomicU64,
     open: AtomicBool,
+    /// Why it closed, once it has.
+    closed_because: std::sync::OnceLock<&'static str>,
+    /// Milliseconds from `born` to the last byte received.
+    heard_ms: AtomicU64,
+    born: Instant,
     /// Bounds the calls in flight on this connection.
     slots: Semaphore,
     /// Stops the connection's I/O task.
@@ -57,8 +80,19 @@ impl Connection {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn heard(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.heard_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        let heard = Duration::from_millis(self.heard_ms.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(heard)
+    }
+
     /// Marks the connection gone and fails every call still waiting on it.
-    fn close(&self) {
+    fn close(&self, because: &'static str) {
+        let _ = self.closed_because.set(because);
         self.open.store(false, Ordering::SeqCst);
         let mut pending = self.pending();
         pending.closed = true;
@@ -72,6 +106,9 @@ type Dialer = tokio::sync::Mutex<Option<Instant>>;
 
 /// Relays calls to peers' relay listeners.
 pub struct Client {
+    /// This process, in every call: with the id, it names a request across attempts.
+    origin: u64,
+    next_id: AtomicU64,
     connections: Mutex<HashMap<SocketAddr, Arc<Connection>>>,
     dialers: Mutex<HashMap<SocketAddr, Arc<Dialer>>>,
     /// Where connection tasks run: the node's main runtime, not whichever HTTP worker
@@ -88,27 +125,37 @@ impl Default for Client {
 impl Client {
     pub fn new() -> Self {
         Self {
+            origin: rand::random(),
+            next_id: AtomicU64::new(1),
             connections: Mutex::new(HashMap::new()),
             dialers: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
-    /// Sends `call` (its id is assigned here) to the relay listener at `addr` and waits, at
-    /// most `timeout`, for the answer.
+    /// A new request id; every attempt of one request carries the same.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends `call` to the relay listener at `addr` and waits, at most `timeout`, for the
+    /// answer. A call whose id is 0 is given a new one; its origin is always this client.
     pub async fn call(
         &self,
         addr: SocketAddr,
         mut call: Call,
         timeout: Duration,
     ) -> Result<Answer, RelayError> {
+        if call.id == 0 {
+            call.id = self.next_id();
+        }
+        call.origin = self.origin;
         let deadline = Instant::now() + timeout;
         let connection = self.connection(addr, deadline).await?;
         let _slot = match timeout_at(deadline, connection.slots.acquire()).await {
             Ok(Ok(slot)) => slot,
             _ => return Err(RelayError::NotSent(addr, "too many calls in flight")),
         };
-        call.id = connection.next_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = BytesMut::new();
         if encode_call(&call, &mut frame).is_err() {
             return Err(RelayError::NotSent(addr, "request too large"));
@@ -126,8 +173,12 @@ impl Client {
             return Err(RelayError::NotSent(addr, "connection busy or closed"));
         }
         match timeout_at(deadline, rx).await {
+            Ok(Ok(answer)) if answer.status == FORGOTTEN => Err(RelayError::Forgotten(addr)),
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(_)) => Err(RelayError::NoAnswer(addr, "connection closed")),
+            Ok(Err(_)) => Err(RelayError::Lost(
+                addr,
+                connection.closed_because.get().copied().unwrap_or("closed"),
+            )),
             Err(_) => {
                 connection.pending().waiting.remove(&call.id);
                 Err(RelayError::NoAnswer(addr, "timed out"))
@@ -139,6 +190,12 @@ impl Client {
     #[cfg(test)]
     pub(super) fn connection_count(&self) -> usize {
         self.connections().len()
+    }
+
+    /// Whether an open connection to `addr` exists.
+    #[cfg(test)]
+    pub(super) fn is_connected(&self, addr: SocketAddr) -> bool {
+        self.open_connection(addr).is_some()
     }
 
     /// How many calls wait for an answer from `addr`.
@@ -209,10 +266,12 @@ impl Client {
     fn start(&self, socket: TcpStream) -> Arc<Connection> {
         let (frames, outgoing) = mpsc::channel(MAX_IN_FLIGHT);
         let connection = Arc::new(Connection {
-            frames,
+            frames: frames.clone(),
             pending: Mutex::default(),
-            next_id: AtomicU64::new(0),
             open: AtomicBool::new(true),
+            closed_because: std::sync::OnceLock::new(),
+            heard_ms: AtomicU64::new(0),
+            born: Instant::now(),
             slots: Semaphore::new(MAX_IN_FLIGHT),
             task: std::sync::OnceLock::new(),
         });
@@ -220,11 +279,12 @@ impl Client {
         let task = {
             let connection = connection.clone();
             async move {
-                tokio::select! {
-                    _ = write_coalesced(outgoing, writer) => {}
-                    _ = read_answers(reader, &connection) => {}
-                }
-                connection.close();
+                let because = tokio::select! {
+                    _ = write_coalesced(outgoing, writer) => "write failed",
+                    _ = read_answers(reader, &connection) => "closed by the peer",
+                    because = heartbeat(frames, &connection) => because,
+                };
+                connection.close(because);
             }
         };
         let handle = match &self.runtime {
@@ -242,10 +302,31 @@ impl Client {
         let Some(connection) = self.connections().remove(&addr) else {
             return;
         };
-        connection.close();
+        connection.close("the peer was lost");
         if let Some(task) = connection.task.get() {
             task.abort();
         }
+    }
+}
+
+/// Sends a heartbeat every [`HEARTBEAT_INTERVAL`]; returns once the peer has been silent
+/// for [`SILENCE_LIMIT`].
+async fn heartbeat(frames: mpsc::Sender<BytesMut>, connection: &Connection) -> &'static str {
+    let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if connection.silent_for() >= SILENCE_LIMIT {
+            log::warn!(
+                "relay connection silent for {:?}: closing it",
+                connection.silent_for()
+            );
+            return "the peer went silent";
+        }
+        let mut ping = BytesMut::new();
+        encode_ping(&mut ping);
+        // A full queue means calls are being written; the heartbeat can wait its turn.
+        let _ = frames.try_send(ping);
     }
 }
 
@@ -255,6 +336,7 @@ async fn read_answers(mut reader: OwnedReadHalf, connection: &Connection) {
     loop {
         loop {
             match decode_answer(&mut buf) {
+                Ok(Some(answer)) if answer.status == PONG => {}
                 Ok(Some(answer)) => {
                     let waiting = connection.pending().waiting.remove(&answer.id);
                     if let Some(tx) = waiting {
@@ -271,7 +353,7 @@ async fn read_answers(mut reader: OwnedReadHalf, connection: &Connection) {
         reserve_for_read(&mut buf);
         match reader.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(_) => {}
+            Ok(_) => connection.heard(),
         }
     }
 }

@@ -3,9 +3,15 @@
 //!
 //! ```text
 //! frame  = len:u32 payload            (len counts the payload only, big-endian)
-//! call   = id:u64 op:u8 hops:u8 epoch:u64 path_len:u16 path body
-//! answer = id:u64 status:u16 body
+//! call   = id:u64 origin:u64 attempt:u8 op:u8 hops:u8 epoch:u64 budget_ms:u32
+//!          path_len:u16 path body
+//! ping   = a call of op 255, every other field zero
+//! answer = id:u64 status:u16 body      (status PONG answers a ping)
 //! ```
+//!
+//! `origin` names the forwarding process and `id` the request within it, the same on every
+//! attempt: an owner that is sent a write again (the first connection died before its
+//! answer came) answers it from what it remembers instead of applying it twice.
 //!
 //! The path is the client's raw path and query, still percent-encoded, and the body the
 //! client's body, unchanged: the receiving node validates the request exactly as it would
@@ -21,15 +27,36 @@ pub const MAX_FRAME: usize = 4 << 20;
 /// A forwarded client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
+    /// The request's id within its origin, unique per forwarding process.
     pub id: u64,
+    /// The forwarding process: a random number drawn at its start.
+    pub origin: u64,
+    /// 0 for the first attempt; a later attempt may have been applied already.
+    pub attempt: u8,
     pub op: Op,
     /// Hops including this one.
     pub hops: u32,
     /// The forwarding node's map epoch.
     pub epoch: u64,
+    /// How long the forwarder waits for the answer; the owner answers before that.
+    pub budget_ms: u32,
     pub path: String,
     pub body: Bytes,
 }
+
+/// What arrives at the owner's side of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    Call(Call),
+    /// A heartbeat: answered at once with [`PONG`], whatever the calls in flight wait for.
+    Ping,
+}
+
+/// The status of a heartbeat's answer.
+pub const PONG: u16 = 0;
+/// The status of an answer to a repeated call the owner no longer remembers: it may have
+/// been applied. HTTP statuses start at 100, so neither is ever a client's answer.
+pub const FORGOTTEN: u16 = 1;
 
 /// The owner's answer to a [`Call`], relayed to the client unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +74,8 @@ pub enum FrameError {
     Malformed(&'static str),
 }
 
-const CALL_HEAD: usize = 8 + 1 + 1 + 8 + 2;
+const CALL_HEAD: usize = 8 + 8 + 1 + 1 + 1 + 8 + 4 + 2;
+const PING_CODE: u8 = 255;
 const ANSWER_HEAD: usize = 8 + 2;
 
 fn op_code(op: Op) -> u8 {
@@ -78,13 +106,24 @@ pub fn encode_call(call: &Call, out: &mut BytesMut) -> Result<(), FrameError> {
     out.reserve(4 + len);
     out.put_u32(len as u32);
     out.put_u64(call.id);
+    out.put_u64(call.origin);
+    out.put_u8(call.attempt);
     out.put_u8(op_code(call.op));
     out.put_u8(call.hops.min(u8::MAX as u32) as u8);
     out.put_u64(call.epoch);
+    out.put_u32(call.budget_ms);
     out.put_u16(path_len);
     out.put_slice(call.path.as_bytes());
     out.put_slice(&call.body);
     Ok(())
+}
+
+/// Appends a heartbeat.
+pub fn encode_ping(out: &mut BytesMut) {
+    out.put_u32(CALL_HEAD as u32);
+    out.put_bytes(0, 8 + 8 + 1);
+    out.put_u8(PING_CODE);
+    out.put_bytes(0, CALL_HEAD - (8 + 8 + 1 + 1));
 }
 
 /// Appends `answer` as one frame.
@@ -121,29 +160,40 @@ fn take_payload(buf: &mut BytesMut, min: usize) -> Result<Option<Bytes>, FrameEr
     Ok(Some(buf.split_to(len).freeze()))
 }
 
-/// Decodes the first call in `buf`, leaving any bytes after it; `None` until it is complete.
-pub fn decode_call(buf: &mut BytesMut) -> Result<Option<Call>, FrameError> {
+/// Decodes the first call or ping in `buf`, leaving any bytes after it; `None` until it is
+/// complete.
+pub fn decode_call(buf: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
     let Some(mut payload) = take_payload(buf, CALL_HEAD)? else {
         return Ok(None);
     };
     let id = payload.get_u64();
-    let op = op_from_code(payload.get_u8())?;
+    let origin = payload.get_u64();
+    let attempt = payload.get_u8();
+    let code = payload.get_u8();
+    if code == PING_CODE {
+        return Ok(Some(Incoming::Ping));
+    }
+    let op = op_from_code(code)?;
     let hops = payload.get_u8() as u32;
     let epoch = payload.get_u64();
+    let budget_ms = payload.get_u32();
     let path_len = payload.get_u16() as usize;
     if payload.len() < path_len {
         return Err(FrameError::Malformed("path longer than the frame"));
     }
     let path = String::from_utf8(payload.split_to(path_len).to_vec())
         .map_err(|_| FrameError::Malformed("path is not UTF-8"))?;
-    Ok(Some(Call {
+    Ok(Some(Incoming::Call(Call {
         id,
+        origin,
+        attempt,
         op,
         hops,
         epoch,
+        budget_ms,
         path,
         body: payload,
-    }))
+    })))
 }
 
 /// Decodes the first answer in `buf`, leaving any bytes after it; `None` until it is complete.
@@ -164,12 +214,19 @@ pub fn decode_answer(buf: &mut BytesMut) -> Result<Option<Answer>, FrameError> {
 mod tests {
     use super::*;
 
+    fn incoming(id: u64, body: &str) -> Option<Incoming> {
+        Some(Incoming::Call(call(id, body)))
+    }
+
     fn call(id: u64, body: &str) -> Call {
         Call {
             id,
+            origin: 0x0123_4567_89ab_cdef,
+            attempt: 1,
             op: Op::Put,
             hops: 2,
             epoch: 7,
+            budget_ms: 18_500,
             path: "/key-value-store/a%2Fb?x=1".into(),
             body: Bytes::from(body.to_owned()),
         }
@@ -180,11 +237,13 @@ mod tests {
         let mut buf = BytesMut::new();
         encode_call(&call(1, r#"{"value":"v"}"#), &mut buf).unwrap();
         encode_call(&call(2, ""), &mut buf).unwrap();
+        encode_ping(&mut buf);
         assert_eq!(
             decode_call(&mut buf).unwrap(),
-            Some(call(1, r#"{"value":"v"}"#))
+            incoming(1, r#"{"value":"v"}"#)
         );
-        assert_eq!(decode_call(&mut buf).unwrap(), Some(call(2, "")));
+        assert_eq!(decode_call(&mut buf).unwrap(), incoming(2, ""));
+        assert_eq!(decode_call(&mut buf).unwrap(), Some(Incoming::Ping));
         assert_eq!(decode_call(&mut buf).unwrap(), None);
 
         let answer = Answer {
@@ -207,7 +266,7 @@ mod tests {
             assert_eq!(decode_call(&mut buf).unwrap(), None);
         }
         buf.put_u8(whole[whole.len() - 1]);
-        assert_eq!(decode_call(&mut buf).unwrap(), Some(call(9, "body")));
+        assert_eq!(decode_call(&mut buf).unwrap(), incoming(9, "body"));
     }
 
     #[test]
@@ -229,7 +288,7 @@ mod tests {
 
         let mut buf = BytesMut::new();
         encode_call(&call(1, ""), &mut buf).unwrap();
-        buf[4 + 8] = 9; // the operation code
+        buf[4 + 8 + 8 + 1] = 9; // the operation code
         assert_eq!(
             decode_call(&mut buf),
             Err(FrameError::Malformed("unknown operation"))

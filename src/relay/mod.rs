@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod frame;
+pub mod remembered;
 pub mod server;
 
 use bytes::BytesMut;
@@ -67,9 +68,12 @@ mod tests {
     fn call(path: &str, body: &str) -> Call {
         Call {
             id: 0,
+            origin: 0,
+            attempt: 0,
             op: Op::Get,
             hops: 1,
             epoch: 1,
+            budget_ms: 0,
             path: path.into(),
             body: Bytes::from(body.to_owned()),
         }
@@ -170,12 +174,112 @@ mod tests {
             .await
             .expect("the waiting call ends at once")
             .unwrap();
-        assert!(matches!(result, Err(RelayError::NoAnswer(..))));
+        assert!(matches!(result, Err(RelayError::Lost(..))));
         // A later call opens a new connection.
         let answer = client
             .call(addr, call("/k", "0"), Duration::from_secs(1))
             .await
             .unwrap();
         assert_eq!(answer.status, 200);
+    }
+
+    /// A peer that accepts connections and then never sends a byte: a paused process, or a
+    /// host that vanished without a reset.
+    async fn silent_peer() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_is_detected_and_replaced_within_seconds() {
+        let (addr, _peer) = silent_peer().await;
+        let client = Client::new();
+        let started = tokio::time::Instant::now();
+        let err = client
+            .call(addr, call("/k", ""), Duration::from_secs(20))
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, RelayError::Lost(..)), "{err}");
+        assert!(
+            took >= client::SILENCE_LIMIT && took < client::SILENCE_LIMIT * 2,
+            "detected after {took:?}"
+        );
+        // The next call does not reuse the dead connection.
+        assert!(!client.is_connected(addr));
+    }
+
+    #[tokio::test]
+    async fn a_slow_owner_is_not_mistaken_for_a_dead_one() {
+        let addr = echo_server().await;
+        let client = Client::new();
+        let wait_ms = (client::SILENCE_LIMIT * 2).as_millis().to_string();
+        let answer = client
+            .call(addr, call("/k", &wait_ms), Duration::from_secs(20))
+            .await
+            .expect("heartbeats keep the connection while the owner works");
+        assert_eq!(answer.body, format!("/k {wait_ms}"));
+    }
+
+    #[tokio::test]
+    async fn a_write_sent_again_is_answered_not_applied_twice() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let applied = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = applied.clone();
+        tokio::spawn(serve(listener, move |_call: Call| {
+            let counter = counter.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                (200, Bytes::from(format!("applied {n}")))
+            }
+        }));
+        let client = std::sync::Arc::new(Client::new());
+        let write = Call {
+            id: client.next_id(),
+            op: Op::Put,
+            ..call("/key-value-store/k", "{}")
+        };
+        // The first copy's answer is not waited for (as when its connection died) ...
+        let first = client
+            .call(addr, write.clone(), Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(matches!(first, RelayError::NoAnswer(..)), "{first}");
+        client.disconnect(addr);
+        // ... and the same call on a new connection gets the first copy's answer, whether
+        // it is still running or done.
+        for attempt in 1..=2 {
+            let again = Call {
+                attempt,
+                ..write.clone()
+            };
+            let answer = client
+                .call(addr, again, Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(answer.body, "applied 1");
+        }
+        assert_eq!(applied.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A read is served each time it is sent.
+        let read = Call {
+            id: client.next_id(),
+            ..call("/key-value-store/k", "")
+        };
+        for _ in 0..2 {
+            client
+                .call(addr, read.clone(), Duration::from_secs(5))
+                .await
+                .unwrap();
+        }
+        assert_eq!(applied.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 }

@@ -1,8 +1,9 @@
 //! The owning side: accepts relay connections and answers each call with a handler, many
-//! calls at once per connection.
+//! calls at once per connection; answers heartbeats at once; answers a write sent again
+//! from memory ([`super::remembered`]).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -10,9 +11,18 @@ use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
 
-use super::frame::{decode_call, encode_answer, Answer, Call};
+use super::frame::{decode_call, encode_answer, Answer, Call, Incoming, FORGOTTEN, PONG};
+use super::remembered::{Begin, Remembered, Reply};
 use super::{reserve_for_read, write_coalesced, MAX_IN_FLIGHT};
+use crate::http::reply::Op;
+
+type Memory = Arc<Mutex<Remembered>>;
+
+fn lock(memory: &Memory) -> MutexGuard<'_, Remembered> {
+    memory.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Peers keep one connection each; this leaves room for many nodes and reconnects.
 const MAX_CONNECTIONS: usize = 512;
@@ -25,6 +35,8 @@ where
     F: Future<Output = (u16, Bytes)> + Send + 'static,
 {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Shared by every connection: a write is sent again on a new connection.
+    let memory = Memory::default();
     loop {
         let socket = match listener.accept().await {
             Ok((socket, _)) => socket,
@@ -40,32 +52,38 @@ where
             continue;
         };
         let handler = handler.clone();
+        let memory = memory.clone();
         tokio::spawn(async move {
-            serve_connection(socket, handler).await;
+            serve_connection(socket, handler, memory).await;
             drop(permit);
         });
     }
 }
 
-async fn serve_connection<H, F>(socket: TcpStream, handler: H)
+async fn serve_connection<H, F>(socket: TcpStream, handler: H, memory: Memory)
 where
-    H: Fn(Call) -> F + Send + Sync + 'static,
+    H: Fn(Call) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = (u16, Bytes)> + Send + 'static,
 {
     let _ = socket.set_nodelay(true);
     let (reader, writer) = socket.into_split();
-    let (answers, outgoing) = mpsc::channel(MAX_IN_FLIGHT);
+    // Room for every call in flight and the heartbeats between them.
+    let (answers, outgoing) = mpsc::channel(MAX_IN_FLIGHT + 16);
     tokio::select! {
         _ = write_coalesced(outgoing, writer) => {}
-        _ = read_calls(reader, handler, answers) => {}
+        _ = read_calls(reader, handler, memory, answers) => {}
     }
 }
 
 /// Starts a task per call, at most [`MAX_IN_FLIGHT`] at once: a call may wait seconds for
 /// its causal dependencies, and must not hold up the calls behind it.
-async fn read_calls<H, F>(mut reader: OwnedReadHalf, handler: H, answers: mpsc::Sender<BytesMut>)
-where
-    H: Fn(Call) -> F + Send + Sync + 'static,
+async fn read_calls<H, F>(
+    mut reader: OwnedReadHalf,
+    handler: H,
+    memory: Memory,
+    answers: mpsc::Sender<BytesMut>,
+) where
+    H: Fn(Call) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = (u16, Bytes)> + Send + 'static,
 {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -73,7 +91,13 @@ where
     loop {
         loop {
             let call = match decode_call(&mut buf) {
-                Ok(Some(call)) => call,
+                Ok(Some(Incoming::Call(call))) => call,
+                Ok(Some(Incoming::Ping)) => {
+                    // Never waits: a full queue means answers are flowing, which the
+                    // client hears as well as a pong.
+                    let _ = answers.try_send(answer_frame(0, (PONG, Bytes::new())));
+                    continue;
+                }
                 Ok(None) => break,
                 Err(e) => {
                     log::warn!("relay connection dropped: {e}");
@@ -83,16 +107,13 @@ where
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 return;
             };
-            let id = call.id;
-            let answering = handler(call);
+            let handler = handler.clone();
+            let memory = memory.clone();
             let answers = answers.clone();
             tokio::spawn(async move {
-                let (status, body) = answering.await;
-                let mut frame = BytesMut::new();
-                let answer = Answer { id, status, body };
-                if encode_answer(&answer, &mut frame).is_ok() {
-                    let _ = answers.send(frame).await;
-                }
+                let id = call.id;
+                let reply = answer_once(call, handler, &memory).await;
+                let _ = answers.send(answer_frame(id, reply)).await;
                 drop(permit);
             });
         }
@@ -100,6 +121,71 @@ where
         match reader.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
+        }
+    }
+}
+
+fn answer_frame(id: u64, (status, body): Reply) -> BytesMut {
+    let mut frame = BytesMut::new();
+    if encode_answer(&Answer { id, status, body }, &mut frame).is_err() {
+        frame.clear();
+        let _ = encode_answer(
+            &Answer {
+                id,
+                status: 500,
+                body: Bytes::new(),
+            },
+            &mut frame,
+        );
+    }
+    frame
+}
+
+/// Serves `call`, a write at most once however often it is sent.
+async fn answer_once<H, F>(call: Call, handler: H, memory: &Memory) -> Reply
+where
+    H: Fn(Call) -> F,
+    F: Future<Output = Reply>,
+{
+    if call.op == Op::Get {
+        return handler(call).await;
+    }
+    let (origin, id) = (call.origin, call.id);
+    let begin = lock(memory).begin(origin, id, call.attempt);
+    match begin {
+        Begin::Run => {
+            let mut abandoned = Abandoned {
+                memory,
+                origin,
+                id,
+                armed: true,
+            };
+            let reply = handler(call).await;
+            abandoned.armed = false;
+            lock(memory).finish(origin, id, reply.clone(), Instant::now());
+            reply
+        }
+        Begin::Done(reply) => reply,
+        Begin::Wait(mut first) => match first.wait_for(Option::is_some).await {
+            Ok(reply) => reply.clone().unwrap_or((FORGOTTEN, Bytes::new())),
+            Err(_) => (FORGOTTEN, Bytes::new()),
+        },
+        Begin::Forgotten => (FORGOTTEN, Bytes::new()),
+    }
+}
+
+/// Forgets a call whose handler never finished (it panicked), so that a repeat is told.
+struct Abandoned<'a> {
+    memory: &'a Memory,
+    origin: u64,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(self.memory).abandon(self.origin, self.id, Instant::now());
         }
     }
 }
