@@ -16,6 +16,10 @@ lists every node, then prints the nodes.
 Options:
   -n, --nodes N        number of nodes (default 6)
   -s, --shards S       number of shards, SHARD_COUNT (default 2); needs 2*S <= N
+      --no-shard-count start every node with only SOCKET_ADDRESS, VIEW and API_FORMAT,
+                       without SHARD_COUNT: once a node has heard from a majority of
+                       the view, the nodes form one shard of all of them (the course's
+                       replicated store without shards); excludes -s
       --add-node       also start one more node (node N+1, the next address and
                        host port) WITHOUT SHARD_COUNT, with a VIEW naming the store
                        and itself; add it to a shard with PUT .../add-member/<id>
@@ -29,6 +33,11 @@ Options:
       --host-ip IP     host address the node ports are published on
                        (default 127.0.0.1; 0.0.0.0 publishes on every interface)
       --port-base P    host port of node1 (default 8082); node i gets P+i-1
+      --node-port P    port the node listens on inside its container (default 8080;
+                       the course's 2020 scripts use 8085): SOCKET_ADDRESS ip:P, the
+                       VIEW entries ip:P, and each host port is published to P
+      --start-gap SECS wait SECS seconds (e.g. 3 or 0.5) between starting consecutive
+                       nodes, as course scripts do (up to 20 s); default 0
       --timeout SECS   how long to wait for the store to form (default 90)
       --keep-data      start the nodes on the data volumes of the last store
                        (the same -n/-s; their data and shard map win over -s);
@@ -40,7 +49,8 @@ Environment (defaults in brackets), also read by clean.sh:
   KVS_SUBNET     its subnet [10.10.0.0/16]; node i gets the subnet's address + i + 1
   KVS_IMAGE      image name [kvs-image]
   KVS_PREFIX     container name prefix [node]
-  KVS_HOST_IP, KVS_PORT_BASE, KVS_WAIT_TIMEOUT   defaults of the options above
+  KVS_HOST_IP, KVS_PORT_BASE, KVS_NODE_PORT, KVS_START_GAP, KVS_WAIT_TIMEOUT
+                 defaults of the options above
   KVS_RUST_LOG   RUST_LOG given to every node (unset: the node's default)
 
 Every node keeps its data on a named volume, <network>-<name>-data, mounted at /data.
@@ -58,9 +68,13 @@ PREFIX="${KVS_PREFIX:-node}"
 HOST_IP="${KVS_HOST_IP:-127.0.0.1}"
 PORT_BASE="${KVS_PORT_BASE:-8082}"
 TIMEOUT="${KVS_WAIT_TIMEOUT:-90}"
+NODE_PORT="${KVS_NODE_PORT:-8080}"
+START_GAP="${KVS_START_GAP:-0}"
 RUST_LOG_VALUE="${KVS_RUST_LOG:-}"
 NODES=6
 SHARDS=2
+SHARDS_GIVEN=0
+WITH_SHARD_COUNT=1
 FORMAT=2019
 ADD_NODE=0
 ONLY_ADD_NODE=0
@@ -68,7 +82,6 @@ BUILD=1
 CARGO=1
 BUILD_ONLY=0
 KEEP_DATA=0
-NODE_PORT=8080
 LABEL="kvs.store=${NETWORK}"
 
 need_value() { [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value (see --help)"; }
@@ -76,7 +89,8 @@ need_value() { [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value (see --
 while [[ $# -gt 0 ]]; do
     case "$1" in
         -n|--nodes) need_value "$@"; NODES="$2"; shift 2 ;;
-        -s|--shards) need_value "$@"; SHARDS="$2"; shift 2 ;;
+        -s|--shards) need_value "$@"; SHARDS="$2"; SHARDS_GIVEN=1; shift 2 ;;
+        --no-shard-count) WITH_SHARD_COUNT=0; shift ;;
         --add-node) ADD_NODE=1; shift ;;
         --only-add-node) ONLY_ADD_NODE=1; ADD_NODE=1; shift ;;
         --format) need_value "$@"; FORMAT="$2"; shift 2 ;;
@@ -85,6 +99,8 @@ while [[ $# -gt 0 ]]; do
         --build-only) BUILD_ONLY=1; shift ;;
         --host-ip) need_value "$@"; HOST_IP="$2"; shift 2 ;;
         --port-base) need_value "$@"; PORT_BASE="$2"; shift 2 ;;
+        --node-port) need_value "$@"; NODE_PORT="$2"; shift 2 ;;
+        --start-gap) need_value "$@"; START_GAP="$2"; shift 2 ;;
         --timeout) need_value "$@"; TIMEOUT="$2"; shift 2 ;;
         --keep-data) KEEP_DATA=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -94,10 +110,17 @@ done
 
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 is_uint "$NODES" && (( NODES >= 2 && NODES <= 200 )) || die "--nodes must be an integer from 2 to 200 (got '$NODES')"
-is_uint "$SHARDS" && (( SHARDS >= 1 )) || die "--shards must be a positive integer (got '$SHARDS')"
-(( SHARDS * 2 <= NODES )) || die "$SHARDS shards need at least $((SHARDS * 2)) nodes (two per shard); got --nodes $NODES"
+if (( WITH_SHARD_COUNT )); then
+    is_uint "$SHARDS" && (( SHARDS >= 1 )) || die "--shards must be a positive integer (got '$SHARDS')"
+    (( SHARDS * 2 <= NODES )) || die "$SHARDS shards need at least $((SHARDS * 2)) nodes (two per shard); got --nodes $NODES"
+else
+    (( ! SHARDS_GIVEN )) || die "--no-shard-count and -s/--shards exclude each other (without SHARD_COUNT the nodes form one shard)"
+    SHARDS=1
+fi
 [[ "$FORMAT" == 2019 || "$FORMAT" == 2020 ]] || die "--format must be 2019 or 2020 (got '$FORMAT')"
 is_uint "$PORT_BASE" && (( PORT_BASE >= 1 && PORT_BASE + NODES <= 65535 )) || die "bad --port-base '$PORT_BASE'"
+[[ "$NODE_PORT" =~ ^[1-9][0-9]{0,4}$ ]] && (( NODE_PORT <= 65535 )) || die "--node-port must be a port from 1 to 65535 (got '$NODE_PORT')"
+[[ "$START_GAP" =~ ^[0-9]+(\.[0-9]+)?$ ]] && (( 10#${START_GAP%.*} <= 600 )) || die "--start-gap must be a number of seconds from 0 to 600, e.g. 3 or 0.5 (got '$START_GAP')"
 is_uint "$TIMEOUT" && (( TIMEOUT >= 1 )) || die "--timeout must be a positive number of seconds (got '$TIMEOUT')"
 [[ "$HOST_IP" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "--host-ip must be an IPv4 address (got '$HOST_IP')"
 [[ "$SUBNET" =~ ^([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)/([0-9]+)$ ]] || die "KVS_SUBNET must look like 10.10.0.0/16 (got '$SUBNET')"
@@ -212,13 +235,22 @@ for (( i = 1; i <= NODES; i++ )); do VIEW_ADDRS+=("$(node_addr "$i")"); done
 STORE_VIEW="$(IFS=,; echo "${VIEW_ADDRS[*]}")"
 EXTRA=$(( NODES + 1 ))
 
+# --start-gap: the pause between two consecutive `docker run`s.
+gap() {
+    [[ "$START_GAP" =~ ^0*(\.0*)?$ ]] && return 0
+    log "waiting ${START_GAP}s before the next node (--start-gap)"
+    sleep "$START_GAP"
+}
+SHARD_NOTE=""
+(( WITH_SHARD_COUNT )) || SHARD_NOTE=" without SHARD_COUNT"
+
 start_node() {
     local i="$1" with_shards="$2" view="$3"
     local name env_args=()
     name="$(node_name "$i")"
     check_name_free "$name"
     env_args+=(-e "SOCKET_ADDRESS=$(node_addr "$i")" -e "VIEW=$view" -e "API_FORMAT=$FORMAT")
-    (( with_shards )) && env_args+=(-e "SHARD_COUNT=$SHARDS")
+    (( with_shards && WITH_SHARD_COUNT )) && env_args+=(-e "SHARD_COUNT=$SHARDS")
     [[ -n "$RUST_LOG_VALUE" ]] && env_args+=(-e "RUST_LOG=$RUST_LOG_VALUE")
     ensure_volume "$i"
     docker run -d --name "$name" --hostname "$name" \
@@ -242,11 +274,13 @@ else
     for (( i = 1; i <= NODES + ADD_NODE; i++ )); do check_name_free "$(node_name "$i")"; done
     ensure_network
     for (( i = 1; i <= NODES; i++ )); do
-        log "starting $(node_name "$i") at $(node_addr "$i") (host port $(host_port "$i"))"
+        (( i == 1 )) || gap
+        log "starting $(node_name "$i") at $(node_addr "$i") (host port $(host_port "$i"))$SHARD_NOTE"
         start_node "$i" 1 "$STORE_VIEW"
     done
 fi
 if (( ADD_NODE )); then
+    (( ONLY_ADD_NODE )) || gap
     log "starting $(node_name "$EXTRA") at $(node_addr "$EXTRA") (host port $(host_port "$EXTRA")) without SHARD_COUNT"
     start_node "$EXTRA" 0 "$STORE_VIEW,$(node_addr "$EXTRA")"
 fi
@@ -266,24 +300,38 @@ if (( ONLY_ADD_NODE )); then
     # The store may have been resharded since it started: expect what node 1 says now.
     EXPECTED_IDS="$(get 1 /key-value-store-shard/shard-ids | json_list shard-ids)"
     [[ -n "$EXPECTED_IDS" ]] || die "$(node_name 1) does not answer at $(url 1); is the store running?"
-else
+elif (( WITH_SHARD_COUNT )); then
     EXPECTED_IDS="$(seq -s, 0 $(( SHARDS - 1 )))"
+else
+    # Without SHARD_COUNT the nodes form one shard, under an id of their choosing: any
+    # single id will do, as long as every node gives the same (see node_ready).
+    EXPECTED_IDS=""
 fi
+ROUND_IDS=""  # the single shard id of this round, without SHARD_COUNT
 
 node_ready() {
     local i="$1" body ids view
     body="$(get "$i" /key-value-store-shard/shard-ids)"
     ids="$(json_list shard-ids <<<"$body")"
-    [[ "$ids" == "$EXPECTED_IDS" ]] || return 1
+    if [[ -n "$EXPECTED_IDS" ]]; then
+        [[ "$ids" == "$EXPECTED_IDS" ]] || return 1
+    else
+        [[ -n "$ids" && "$ids" != *,* ]] || return 1
+        [[ -n "$ROUND_IDS" ]] || ROUND_IDS="$ids"
+        [[ "$ids" == "$ROUND_IDS" ]] || return 1
+    fi
     body="$(get "$i" /key-value-store-view)"
     view="$(json_list view <<<"$body" | tr ',' '\n' | sort)"
     [[ "$view" == "$EXPECTED_VIEW" ]] || return 1
 }
 
-log "waiting (at most ${TIMEOUT}s) for every node to agree on shards $EXPECTED_IDS and a view of $LAST nodes"
+WANT_IDS="shards $EXPECTED_IDS"
+[[ -n "$EXPECTED_IDS" ]] || WANT_IDS="one shard"
+log "waiting (at most ${TIMEOUT}s) for every node to agree on $WANT_IDS and a view of $LAST nodes"
 start=$SECONDS
 while :; do
     pending=()
+    ROUND_IDS=""
     for (( i = 1; i <= LAST; i++ )); do
         node_ready "$i" || pending+=("$(node_name "$i")")
     done
@@ -301,6 +349,9 @@ done
 log "store ready after $(( SECONDS - start ))s"
 
 # ---------------------------------------------------------------- report
+SHARD_SUMMARY="$SHARDS shards"
+(( WITH_SHARD_COUNT )) || SHARD_SUMMARY="no SHARD_COUNT (one shard of every node)"
+(( ONLY_ADD_NODE )) && SHARD_SUMMARY="shards $EXPECTED_IDS"
 W=$(( ${#PREFIX} + ${#LAST} + 2 ))
 (( W < 6 )) && W=6
 printf '\n%-*s %-21s %-21s %s\n' "$W" NAME ADDRESS HOST-PORT SHARD-ID
@@ -311,7 +362,7 @@ for (( i = 1; i <= LAST; i++ )); do
 done
 cat <<EOF
 
-network $NETWORK ($SUBNET), image $IMAGE, $SHARDS shards, API_FORMAT=$FORMAT
+network $NETWORK ($SUBNET), image $IMAGE, $SHARD_SUMMARY, API_FORMAT=$FORMAT, node port $NODE_PORT
 
 Try:
   curl -s -X PUT -H 'Content-Type: application/json' \\

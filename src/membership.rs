@@ -62,7 +62,18 @@ pub struct ViewAdmin {
 }
 
 impl ViewAdmin {
-    pub fn view(&self, live: &LiveSet, now: Instant) -> BTreeSet<NodeId> {
+    /// Forgets the declarations of nodes that have gossiped: from then on a node is the
+    /// failure detector's, and once it stops it leaves the view within seconds, not at the
+    /// end of the grace.
+    fn settle(&mut self, live: &LiveSet) {
+        if !self.declared.is_empty() {
+            self.declared
+                .retain(|node, _| !live.nodes.contains_key(node));
+        }
+    }
+
+    pub fn view(&mut self, live: &LiveSet, now: Instant) -> BTreeSet<NodeId> {
+        self.settle(live);
         let mut view: BTreeSet<NodeId> = live
             .nodes
             .iter()
@@ -83,7 +94,9 @@ impl ViewAdmin {
             return Err(KvsError::AlreadyInView);
         }
         self.removed.remove(&node);
-        self.declared.insert(node, now);
+        if !live.nodes.contains_key(&node) {
+            self.declared.insert(node, now);
+        }
         Ok(())
     }
 
@@ -165,7 +178,8 @@ impl Membership {
     /// Live nodes, less those an administrator removed.
     pub fn up_nodes(&self) -> BTreeSet<NodeId> {
         let live = self.live.borrow();
-        let admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let mut admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        admin.settle(&live);
         live.nodes
             .iter()
             .filter(|(n, s)| admin.removed.get(n) != Some(&s.generation))
@@ -191,7 +205,7 @@ impl Membership {
 
     /// The view as the view endpoints report it.
     pub fn view(&self) -> BTreeSet<NodeId> {
-        let admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let mut admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
         admin.view(&self.live.borrow(), Instant::now())
     }
 
@@ -316,5 +330,26 @@ mod tests {
         assert_eq!(admin.add(&set, n(1), now), Err(KvsError::AlreadyInView));
         assert!(admin.view(&set, now).contains(&n(5)));
         assert!(!admin.view(&set, now + DECLARED_GRACE).contains(&n(5)));
+    }
+
+    #[test]
+    fn a_live_node_put_back_is_not_declared() {
+        let mut admin = ViewAdmin::default();
+        let now = Instant::now();
+        let set = live(&[(1, 1), (2, 1)]);
+        admin.remove(&set, n(2), now).unwrap();
+        admin.add(&set, n(2), now).unwrap();
+        assert!(admin.view(&set, now).contains(&n(2)));
+        assert_eq!(admin.view(&live(&[(1, 1)]), now), [n(1)].into());
+    }
+
+    #[test]
+    fn a_declared_node_that_gossiped_then_stopped_leaves_at_once() {
+        let mut admin = ViewAdmin::default();
+        let now = Instant::now();
+        admin.add(&live(&[(1, 1)]), n(5), now).unwrap();
+        assert!(admin.view(&live(&[(1, 1), (5, 1)]), now).contains(&n(5)));
+        // It stopped: the failure detector dropped it, and the declaration is spent.
+        assert_eq!(admin.view(&live(&[(1, 1)]), now), [n(1)].into());
     }
 }

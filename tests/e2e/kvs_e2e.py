@@ -31,6 +31,8 @@ PORT_BASE = int(os.environ.get("KVS_E2E_PORT_BASE", "18082"))
 IMAGE = os.environ.get("KVS_E2E_IMAGE", "kvs-image")
 BUILD = os.environ.get("KVS_E2E_BUILD", "1")
 LOG_LINES = int(os.environ.get("KVS_E2E_LOGS", "40"))
+# The port a node listens on inside its container, unless a Store says otherwise
+# (build.sh --node-port; the 2020 course scripts use 8085).
 NODE_PORT = 8080
 
 # Timeouts (seconds) for HTTP calls: connect, read. Reshard and add-member move data.
@@ -52,6 +54,9 @@ def script_env():
         KVS_IMAGE=IMAGE,
         KVS_HOST_IP="127.0.0.1",
     )
+    # A Store passes these as options; build.sh calls without them get build.sh's defaults.
+    for name in ("KVS_NODE_PORT", "KVS_START_GAP"):
+        env.pop(name, None)
     return env
 
 
@@ -133,12 +138,21 @@ class Timer:
 
 
 class Store:
-    """A store started by build.sh: nodes 1..n (plus an extra node n+1 once added)."""
+    """A store started by build.sh: nodes 1..n (plus an extra node n+1 once added).
 
-    def __init__(self, nodes, shards, api_format="2019"):
+    node_port: the port inside the containers (build.sh --node-port); shard_count=False
+    starts the nodes without SHARD_COUNT (build.sh --no-shard-count: they form one shard
+    of all of them, and `shards` is then 1); start_gap: seconds between starting two
+    nodes (build.sh --start-gap)."""
+
+    def __init__(self, nodes, shards, api_format="2019", node_port=NODE_PORT,
+                 shard_count=True, start_gap=0):
         self.n = nodes
-        self.shards = shards
+        self.shards = shards if shard_count else 1
         self.format = api_format
+        self.node_port = int(node_port)
+        self.shard_count = shard_count
+        self.start_gap = start_gap
         self.extra_started = False
         self.session = requests.Session()
         self.session.trust_env = False  # never through a proxy: loopback only
@@ -151,7 +165,7 @@ class Store:
         return str(ipaddress.ip_network(SUBNET).network_address + i + 1)
 
     def addr(self, i):
-        return f"{self.ip(i)}:{NODE_PORT}"
+        return f"{self.ip(i)}:{self.node_port}"
 
     def port(self, i):
         return PORT_BASE + i - 1
@@ -168,17 +182,26 @@ class Store:
         return sorted((self.addr(i) for i in (indexes or self.indexes)), key=addr_key)
 
     # ---- lifecycle
+    def layout_args(self):
+        """The build.sh options that describe this store (every build.sh call repeats them)."""
+        args = ["-n", str(self.n)]
+        args += ["-s", str(self.shards)] if self.shard_count else ["--no-shard-count"]
+        args += ["--format", self.format, "--node-port", str(self.node_port)]
+        return args
+
     def start(self):
-        with Timer(f"build.sh -n {self.n} -s {self.shards} --format {self.format}"):
-            run(["./build.sh", "--no-build", "-n", str(self.n), "-s", str(self.shards),
-                 "--format", self.format, "--timeout", "90"])
+        args = self.layout_args()
+        if self.start_gap:
+            args += ["--start-gap", str(self.start_gap)]
+        with Timer(f"build.sh {' '.join(args)}"):
+            run(["./build.sh", "--no-build", *args, "--timeout", "90"])
         self.extra_started = False
 
     def start_extra(self):
         """Starts node n+1 without SHARD_COUNT (build.sh --only-add-node)."""
         with Timer(f"build.sh --only-add-node ({self.name(self.n + 1)})"):
-            run(["./build.sh", "--no-build", "--only-add-node", "-n", str(self.n),
-                 "-s", str(self.shards), "--format", self.format, "--timeout", "60"])
+            run(["./build.sh", "--no-build", "--only-add-node", *self.layout_args(),
+                 "--timeout", "60"])
         self.extra_started = True
         return self.n + 1
 
@@ -295,6 +318,9 @@ class StoreTestCase(unittest.TestCase):
     NODES = 4
     SHARDS = 2
     FORMAT = "2019"
+    NODE_PORT = NODE_PORT   # inside the containers (build.sh --node-port)
+    SHARD_COUNT = True      # False: build.sh --no-shard-count (one shard of every node)
+    START_GAP = 0           # seconds between starting two nodes (build.sh --start-gap)
     store = None
 
     @classmethod
@@ -302,7 +328,8 @@ class StoreTestCase(unittest.TestCase):
         cls.addClassCleanup(clean)
         cls.class_start = time.monotonic()
         clean()
-        cls.store = Store(cls.NODES, cls.SHARDS, cls.FORMAT)
+        cls.store = Store(cls.NODES, cls.SHARDS, cls.FORMAT, node_port=cls.NODE_PORT,
+                          shard_count=cls.SHARD_COUNT, start_gap=cls.START_GAP)
         cls.store.start()
 
     @classmethod
