@@ -1,5 +1,6 @@
 //! Node configuration from the environment of the contract (or the same flags).
 
+use crate::replication::quorum::{QuorumError, WriteQuorum};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -74,6 +75,10 @@ pub struct Args {
     /// Block cache of the storage engine, in MiB.
     #[arg(long, env = "KVS_CACHE_MB", default_value_t = 64)]
     pub cache_mb: u64,
+    /// Members of a shard that must hold a write before it is answered: a number,
+    /// `majority` or `all`; a request's `"write-quorum"` field overrides it.
+    #[arg(long, env = "KVS_WRITE_QUORUM", default_value = "1")]
+    pub write_quorum: String,
 }
 
 /// When acknowledged writes are synced to the disk device.
@@ -106,6 +111,7 @@ pub struct Config {
     pub relay_port: u16,
     pub workers: usize,
     pub storage: StorageConfig,
+    pub write_quorum: WriteQuorum,
 }
 
 /// A configuration error: one line naming the variable at fault.
@@ -185,7 +191,12 @@ impl Config {
             return Err(bad("KVS_WORKERS", "must be between 1 and 64"));
         }
         let storage = storage_config(args, socket_address)?;
+        let write_quorum = args
+            .write_quorum
+            .parse()
+            .map_err(|e: QuorumError| bad("KVS_WRITE_QUORUM", e.to_string()))?;
         Ok(Self {
+            write_quorum,
             storage,
             socket_address,
             view,
@@ -277,7 +288,25 @@ mod tests {
             sync: "periodic".into(),
             sync_interval_ms: 100,
             cache_mb: 64,
+            write_quorum: "1".into(),
         }
+    }
+
+    #[test]
+    fn the_write_quorum_is_one_unless_set() {
+        let mut a = args(Some("10.10.0.2:8080"), Some(VIEW), Some("2"));
+        assert_eq!(
+            Config::from_args(&a).unwrap().write_quorum,
+            WriteQuorum::Count(1)
+        );
+        a.write_quorum = "majority".into();
+        assert_eq!(
+            Config::from_args(&a).unwrap().write_quorum,
+            WriteQuorum::Majority
+        );
+        a.write_quorum = "0".into();
+        let err = Config::from_args(&a).unwrap_err().to_string();
+        assert!(err.contains("KVS_WRITE_QUORUM"), "{err}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::peer::Peers;
 use crate::recovery::{Recovered, META_MAP, META_STATE};
 use crate::replication::outbox::Outbox;
 use crate::replication::protocol::{ReplicateAck, ReplicateBatch, SyncRequest, SyncResponse};
+use crate::replication::quorum::{self, WriteQuorum};
 use crate::replication::recent::RecentLog;
 use crate::shard::{ShardId, ShardMap};
 use crate::storage::{Entry, Record, ReplicaState, StorageError, Store};
@@ -35,6 +36,8 @@ const OUTBOX_CAPACITY: usize = 20_000;
 const RECENT_CAPACITY: usize = 16_384;
 /// How long a write waits while a reshard has writes frozen.
 pub const FREEZE_WAIT: Duration = Duration::from_secs(30);
+/// How long a quorum write waits for the other members to hold it.
+pub const QUORUM_WAIT: Duration = Duration::from_secs(5);
 /// How long a request waits for this node to learn a shard map it was told exists.
 const MAP_WAIT: Duration = Duration::from_secs(5);
 
@@ -51,6 +54,8 @@ pub enum Route {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteOutcome {
     pub created: bool,
+    /// The write's era and sequence number at this node.
+    pub dot: (u64, u64),
     pub metadata: String,
     pub shard: ShardId,
 }
@@ -91,6 +96,8 @@ pub struct Node {
     pub(crate) copying: tokio::sync::Mutex<()>,
     /// For each peer, how far it has acknowledged this node's writes: (era, seq).
     pub(crate) acks: DashMap<NodeId, (u64, u64)>,
+    /// Bumped at every acknowledgement in `acks`: what quorum writes wait on.
+    acked: watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -131,6 +138,7 @@ impl Node {
             copying: tokio::sync::Mutex::new(()),
             admin: tokio::sync::Mutex::new(()),
             acks: DashMap::new(),
+            acked: watch::channel(0).0,
             config,
         }
     }
@@ -208,6 +216,49 @@ impl Node {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => storage_failed(e),
             Err(_) => Err(KvsError::Unavailable),
+        }
+    }
+
+    /// Records that `peer` has applied this node's writes of `era` up to `applied`.
+    pub fn note_ack(&self, peer: NodeId, era: u64, applied: u64) {
+        self.acks.insert(peer, (era, applied));
+        self.acked.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Members of this node's shard that a write must reach for `quorum`, this node
+    /// included; a request's own quorum larger than the shard is an error.
+    pub fn quorum_needed(&self, quorum: Option<WriteQuorum>) -> Result<usize> {
+        let members = self.shard_peers().len() + 1;
+        quorum
+            .unwrap_or(self.config.write_quorum)
+            .needed(members, quorum.is_some())
+            .map_err(|e| KvsError::BadRequest(e.to_string()))
+    }
+
+    /// Waits until `needed` members of this node's shard, this one included, hold its write
+    /// `dot`; [`QUORUM_WAIT`] (or the request's deadline) at most, and then the write's
+    /// fate is unknown to the client: it is in this node's journal, and reaches the others
+    /// when they return.
+    pub async fn await_quorum(
+        &self,
+        dot: (u64, u64),
+        needed: usize,
+        deadline: Deadline,
+    ) -> Result<()> {
+        let mut acked = self.acked.subscribe();
+        let until = deadline.within(QUORUM_WAIT);
+        loop {
+            let peers = self.shard_peers();
+            let acks = peers.iter().filter_map(|p| self.acks.get(p).map(|a| *a));
+            if quorum::reached(acks, dot.0, dot.1, needed) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(until, acked.changed())
+                .await
+                .is_err()
+            {
+                return Err(KvsError::WriteFateUnknown);
+            }
         }
     }
 
@@ -412,6 +463,7 @@ impl Node {
             self.outbox.push(stamp.era, stamp.seq, record);
             WriteOutcome {
                 created: !existed,
+                dot: (stamp.era, stamp.seq),
                 metadata: token,
                 shard,
             }

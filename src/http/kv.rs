@@ -17,6 +17,7 @@ use crate::error::KvsError;
 use crate::node::{Node, Route};
 use crate::peer::{PeerError, Relayed as HttpRelayed, BUDGET_HEADER, EPOCH_HEADER, MAX_HOPS};
 use crate::relay::{Call, RelayError};
+use crate::replication::quorum::WriteQuorum;
 use crate::NodeId;
 
 pub const MAX_KEY_CHARS: usize = 50;
@@ -29,6 +30,8 @@ pub struct KvRequest {
     pub key: String,
     pub value: Option<String>,
     pub deps: CausalMetadata,
+    /// A write's own `"write-quorum"`, overriding the node's default.
+    pub quorum: Option<WriteQuorum>,
 }
 
 impl KvRequest {
@@ -60,11 +63,17 @@ impl KvRequest {
             }
             _ => None,
         };
+        let quorum = match op {
+            Op::Get => None,
+            _ => WriteQuorum::from_json(fields.get("write-quorum"))
+                .map_err(|e| KvsError::BadRequest(e.to_string()))?,
+        };
         Ok(Self {
             op,
             key,
             value,
             deps,
+            quorum,
         })
     }
 }
@@ -298,9 +307,13 @@ async fn execute(
             Ok(json_reply(StatusCode::OK, &body))
         }
         Op::Put | Op::Delete => {
+            let needed = node.quorum_needed(request.quorum)?;
             let outcome = node
                 .write(&request.key, request.value.clone(), &request.deps, deadline)
                 .await?;
+            if needed > 1 {
+                node.await_quorum(outcome.dot, needed, deadline).await?;
+            }
             let (status, message) = match (request.op, outcome.created) {
                 (Op::Put, true) => (StatusCode::CREATED, "Added successfully"),
                 (Op::Put, false) => (StatusCode::OK, "Updated successfully"),
@@ -514,6 +527,29 @@ mod tests {
         assert_eq!(
             parse(Op::Put, "k", r#"{"value":""}"#).unwrap().value,
             Some(String::new())
+        );
+    }
+
+    #[test]
+    fn a_write_may_ask_for_its_own_quorum() {
+        let put = parse(Op::Put, "k", r#"{"value":"v","write-quorum":2}"#).unwrap();
+        assert_eq!(put.quorum, Some(WriteQuorum::Count(2)));
+        let delete = parse(Op::Delete, "k", r#"{"write-quorum":"all"}"#).unwrap();
+        assert_eq!(delete.quorum, Some(WriteQuorum::All));
+        assert_eq!(
+            parse(Op::Put, "k", r#"{"value":"v"}"#).unwrap().quorum,
+            None
+        );
+        assert!(matches!(
+            parse(Op::Put, "k", r#"{"value":"v","write-quorum":0}"#),
+            Err(KvsError::BadRequest(_))
+        ));
+        // A read has nothing to wait for: the field is ignored.
+        assert_eq!(
+            parse(Op::Get, "k", r#"{"write-quorum":"x"}"#)
+                .unwrap()
+                .quorum,
+            None
         );
     }
 

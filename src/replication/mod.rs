@@ -6,6 +6,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod pull;
 pub mod push;
+pub mod quorum;
 pub mod recent;
 
 use std::sync::Arc;

@@ -93,7 +93,7 @@ async fn push_to(node: Arc<Node>, peer: NodeId) {
             Ok(ack) if ack.era == era => {
                 backoff = MIN_BACKOFF;
                 cursor = ack.applied + 1;
-                node.acks.insert(peer, (era, ack.applied));
+                node.note_ack(peer, era, ack.applied);
                 if ack.blocked {
                     tokio::time::sleep(BLOCKED_RETRY).await;
                 }
