@@ -79,6 +79,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         http::relay_handler(node.clone()),
     ));
     tokio::spawn(node::drop_relays_to_lost_peers(node.clone()));
+    tokio::spawn(node::purge_tombstones(node.clone()));
     let server = http::server(node.clone())?;
     let handle = server.handle();
     tokio::select! {

@@ -23,7 +23,10 @@ use crate::membership::{Membership, KEY_MAP};
 use crate::peer::Peers;
 use crate::recovery::{Recovered, META_MAP, META_STATE};
 use crate::replication::outbox::Outbox;
-use crate::replication::protocol::{ReplicateAck, ReplicateBatch, SyncRequest, SyncResponse};
+use crate::replication::protocol::{
+    ReplicateAck, ReplicateBatch, StorageStats, SyncRequest, SyncResponse,
+};
+use crate::replication::purge::Barrier;
 use crate::replication::quorum::{self, WriteQuorum};
 use crate::replication::recent::RecentLog;
 use crate::shard::{ShardId, ShardMap};
@@ -216,6 +219,35 @@ impl Node {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => storage_failed(e),
             Err(_) => Err(KvsError::Unavailable),
+        }
+    }
+
+    /// One round of tombstone purging ([`crate::replication::purge`]): the members' applied
+    /// clocks (this node's and, from gossip, its shard peers') advance the barrier, and the
+    /// tombstones it clears are dropped. Returns how many.
+    pub fn purge_round(&self, barrier: &mut Barrier) -> usize {
+        let mine = self.applied_summary();
+        let live = self.membership.live_set();
+        let mut members = vec![Some((mine.era, mine.clock))];
+        for peer in self.shard_peers() {
+            let advertised = live
+                .nodes
+                .get(&peer)
+                .and_then(|s| s.applied.as_deref())
+                .and_then(|t| CausalMetadata::decode(t).ok());
+            members.push(advertised.map(|m| (m.era, m.clock)));
+        }
+        let Some(upto) = barrier.advance(mine.era, &members) else {
+            return 0;
+        };
+        let keys = self.store.purgeable_tombstones(mine.era, &upto);
+        if keys.is_empty() {
+            return 0;
+        }
+        let _replica = lock(&self.replica);
+        match self.store.purge_tombstones(&keys, mine.era, &upto) {
+            Ok(purged) => purged,
+            Err(e) => storage_failed(e),
         }
     }
 
@@ -714,6 +746,15 @@ impl Node {
         }
     }
 
+    pub fn storage_stats(&self) -> StorageStats {
+        let tombstones = self.store.tombstone_count();
+        StorageStats {
+            keys: self.store.len(),
+            live: self.store.len().saturating_sub(tombstones),
+            tombstones,
+        }
+    }
+
     pub fn live_key_count(&self) -> usize {
         let map = self.map();
         let mine = map.shard_of(&self.me);
@@ -752,4 +793,23 @@ fn address_hash(node: &NodeId) -> u64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     node.hash(&mut hasher);
     hasher.finish()
+}
+
+/// Purges tombstones every [`crate::replication::purge::PURGE_INTERVAL`], starting the
+/// barrier over whenever the shard map changes (its members may have).
+pub async fn purge_tombstones(node: Arc<Node>) {
+    let mut barrier = Barrier::default();
+    let mut epoch = node.map().epoch;
+    loop {
+        tokio::time::sleep(crate::replication::purge::PURGE_INTERVAL).await;
+        let current = node.map().epoch;
+        if current != epoch {
+            barrier = Barrier::default();
+            epoch = current;
+        }
+        let purged = node.purge_round(&mut barrier);
+        if purged > 0 {
+            log::info!("purged {purged} tombstones every member of the shard has applied");
+        }
+    }
 }

@@ -22,7 +22,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(PATH_COMMIT, web::post().to(commit))
         .route(PATH_ABORT, web::post().to(abort))
         .route(PATH_KEY_COUNT, web::post().to(key_count))
-        .route(PATH_VIEW, web::post().to(view_change));
+        .route(PATH_VIEW, web::post().to(view_change))
+        .route(PATH_STORAGE, web::get().to(storage));
 }
 
 type NodeData = web::Data<Arc<Node>>;
@@ -32,6 +33,10 @@ fn answer<T: Serialize>(result: Result<T, KvsError>) -> HttpResponse {
         Ok(body) => HttpResponse::Ok().json(body),
         Err(e) => reply::error(Op::Put, &e),
     }
+}
+
+async fn storage(node: NodeData) -> HttpResponse {
+    answer(Ok(node.storage_stats()))
 }
 
 async fn replicate(node: NodeData, batch: web::Json<ReplicateBatch>) -> HttpResponse {

@@ -5,6 +5,7 @@
 pub mod outbox;
 pub mod protocol;
 pub mod pull;
+pub mod purge;
 pub mod push;
 pub mod quorum;
 pub mod recent;

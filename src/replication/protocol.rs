@@ -20,6 +20,16 @@ pub const PATH_COMMIT: &str = "/internal/reshard/commit";
 pub const PATH_ABORT: &str = "/internal/reshard/abort";
 pub const PATH_KEY_COUNT: &str = "/internal/key-count";
 pub const PATH_VIEW: &str = "/internal/view";
+pub const PATH_STORAGE: &str = "/internal/storage";
+
+/// What a node holds: every key it stores, those alive, and the deleted ones it still keeps
+/// as tombstones (answered by `GET /internal/storage`, for operators and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageStats {
+    pub keys: usize,
+    pub live: usize,
+    pub tombstones: usize,
+}
 
 /// A push of an origin's consecutive writes.
 #[derive(Debug, Serialize, Deserialize)]

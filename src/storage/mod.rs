@@ -266,6 +266,61 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The keys whose tombstones are of `era` and covered by `upto`: a scan, without the
+    /// replica lock; [`Store::purge_tombstones`] removes them under it.
+    pub fn purgeable_tombstones(&self, era: u64, upto: &VectorClock) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|e| purgeable(e.key().version(), era, upto))
+            .map(|e| e.key().key().to_owned())
+            .collect()
+    }
+
+    /// Removes the tombstones of `keys` that are still of `era` and covered by `upto`, from
+    /// memory and then, in batches, from disk; returns how many. Callers hold the replica
+    /// lock, as for [`Store::write`]: a key rewritten since it was chosen keeps its new
+    /// version, in memory and on disk.
+    pub fn purge_tombstones(
+        &self,
+        keys: &[String],
+        era: u64,
+        upto: &VectorClock,
+    ) -> Result<usize, StorageError> {
+        let removed: Vec<&str> = keys
+            .iter()
+            .filter(|key| {
+                self.entries
+                    .remove_if(key.as_str(), |slot, _| purgeable(slot.version(), era, upto))
+                    .is_some()
+            })
+            .map(String::as_str)
+            .collect();
+        if let Some(backend) = &self.backend {
+            for chunk in removed.chunks(REMOVE_BATCH_KEYS) {
+                backend.write(&Batch {
+                    removes: chunk.to_vec(),
+                    ..Batch::default()
+                })?;
+            }
+        }
+        Ok(removed.len())
+    }
+
+    /// Deleted keys still kept as tombstones.
+    pub fn tombstone_count(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| !packed::is_live(e.key().version()))
+            .count()
+    }
+}
+
+fn purgeable(version: &[u8], era: u64, upto: &VectorClock) -> bool {
+    !packed::is_live(version)
+        && packed::stamp(version).is_some_and(|s| s.era == era && s.seq <= upto.get(&s.origin))
+}
+
 /// Keys removed from disk per journal write when a node drops the keys it no longer owns.
 const REMOVE_BATCH_KEYS: usize = 10_000;
 
@@ -592,6 +647,48 @@ mod tests {
         assert!(!s.is_live("k"));
         assert_eq!(s.live_count(|_| true), 0);
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn purged_tombstones_leave_memory_and_disk_and_nothing_else_does() {
+        let backend = Arc::new(MemoryBackend::default());
+        let store = Store::recover(backend.clone(), |_| {}).unwrap();
+        let dead = entry(None, 3, 1, 3);
+        let later_dead = entry(None, 4, 1, 4);
+        let live = entry(Some("v"), 2, 2, 1);
+        store
+            .write(
+                [("gone", &dead), ("kept", &later_dead), ("live", &live)],
+                &[],
+            )
+            .unwrap();
+        assert_eq!(store.tombstone_count(), 2);
+        let upto: VectorClock = [
+            ("10.0.0.1:8080".parse().unwrap(), 3),
+            ("10.0.0.2:8080".parse().unwrap(), 9),
+        ]
+        .into_iter()
+        .collect();
+        assert!(
+            store.purgeable_tombstones(1, &upto).is_empty(),
+            "another era"
+        );
+        let chosen = store.purgeable_tombstones(0, &upto);
+        assert_eq!(chosen, ["gone"]);
+        // Rewritten after it was chosen: kept.
+        let revived = entry(Some("back"), 5, 2, 2);
+        let other = Store::new();
+        other.merge("gone", dead.clone());
+        other.merge("gone", revived.clone());
+        assert_eq!(other.purge_tombstones(&chosen, 0, &upto).unwrap(), 0);
+        assert_eq!(other.get("gone"), Some(revived));
+        assert_eq!(store.purge_tombstones(&chosen, 0, &upto).unwrap(), 1);
+        let again = Store::recover(backend, |_| {}).unwrap();
+        for s in [&store, &again] {
+            assert!(s.get("gone").is_none());
+            assert_eq!(s.get("kept"), Some(later_dead.clone()));
+            assert_eq!(s.get("live"), Some(live.clone()));
+        }
     }
 
     #[test]
