@@ -24,7 +24,7 @@ use crate::peer::Peers;
 use crate::recovery::{Recovered, META_MAP, META_STATE};
 use crate::replication::outbox::Outbox;
 use crate::replication::protocol::{
-    ReplicateAck, ReplicateBatch, StorageStats, SyncRequest, SyncResponse,
+    ReplicateAck, ReplicateBatch, StorageStats, SyncRequest, SyncResponse, COPY_PAGE_RECORDS,
 };
 use crate::replication::purge::Barrier;
 use crate::replication::quorum::{self, WriteQuorum};
@@ -61,6 +61,18 @@ pub struct WriteOutcome {
     pub dot: (u64, u64),
     pub metadata: String,
     pub shard: ShardId,
+}
+
+/// What part of a pull an answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyPart {
+    /// A delta, or a full copy in one piece: records and the clock they cover.
+    Whole,
+    /// A page of a full copy, not the last: records only.
+    Page,
+    /// The last page of a full copy, with the clock read before its first page (every
+    /// page holds each of its keys at least as new as that clock).
+    Last,
 }
 
 /// A reshard this node has prepared for: writes are frozen until commit or abort.
@@ -574,13 +586,24 @@ impl Node {
                 logged,
             )
         };
+        let mine = map.shard_of(&self.me);
+        let in_shard = |key: &str| mine.is_some() && map.shard_for_key(key) == mine;
+        let mut next = None;
         let records = match logged {
             Some(records) => records,
             None if wants_delta && request.era == era => self.store.delta(era, &request.applied),
             None => {
-                let mine = map.shard_of(&self.me);
-                self.store
-                    .records_where(|key, _| mine.is_some() && map.shard_for_key(key) == mine)
+                match self
+                    .store
+                    .page_after(request.after.as_deref(), COPY_PAGE_RECORDS, in_shard)
+                {
+                    Some(Ok(page)) => {
+                        next = page.next;
+                        page.records
+                    }
+                    Some(Err(e)) => storage_failed(e),
+                    None => self.store.records_where(|key, _| in_shard(key)),
+                }
             }
         };
         SyncResponse {
@@ -589,11 +612,14 @@ impl Node {
             applied,
             lamport,
             records,
+            next,
         }
     }
 
     /// Takes in a peer's answer to a pull. Returns false if it belongs to another era.
-    pub fn absorb_snapshot(&self, response: SyncResponse) -> bool {
+    /// `part` says whether it is a whole answer or a page of a full copy (see
+    /// [`CopyPart`]).
+    pub fn absorb_snapshot(&self, response: SyncResponse, part: CopyPart) -> bool {
         let mut replica = lock(&self.replica);
         if response.era != replica.era() {
             return false;
@@ -604,8 +630,8 @@ impl Node {
         // A copy larger than the log would only churn through it: the log instead records
         // that it lacks everything up to the copy's clock, which sends peers that know less
         // to a scan, as eviction would have.
-        let log_records = response.records.len() <= recent.capacity();
-        if !log_records {
+        let log_records = part == CopyPart::Whole && response.records.len() <= recent.capacity();
+        if !log_records && part != CopyPart::Page {
             recent.forget_up_to(&response.applied);
         }
         let records: Vec<Record> = response
@@ -613,7 +639,10 @@ impl Node {
             .into_iter()
             .filter(|r| mine.is_some() && map.shard_for_key(&r.key) == mine)
             .collect();
-        replica.absorb(&response.applied, response.lamport);
+        // A page's records are in; the copy's clock is adopted with the last page only.
+        if part != CopyPart::Page {
+            replica.absorb(&response.applied, response.lamport);
+        }
         self.persist(records.iter().map(|r| (r.key.as_str(), &r.entry)), &replica);
         if log_records {
             for record in records {
@@ -639,6 +668,7 @@ impl Node {
             era: summary.era,
             applied: summary.clock,
             full: full || !self.is_synced(),
+            after: None,
         }
     }
 

@@ -207,3 +207,78 @@ async fn a_damaged_data_directory_stops_the_node_with_one_line_naming_it() {
         "names the directory: {stderr}"
     );
 }
+
+/// A replica that lost its disk copies its shard again, in pages read from a peer's engine
+/// (`COPY_PAGE_RECORDS` records each) rather than in one body, and holds every key after.
+#[tokio::test]
+async fn a_wiped_replica_copies_its_shard_in_pages() {
+    let c = Cluster::start(3, Some(1), FMT).await;
+    let keys = kvs::replication::protocol::COPY_PAGE_RECORDS * 2 + 500;
+    // Independent writes from 16 tasks: the copy's size is what matters here, not causality.
+    let client = reqwest::Client::new();
+    let writers: Vec<_> = (0..16)
+        .map(|t| {
+            let client = client.clone();
+            let urls: Vec<String> = (t..keys)
+                .step_by(16)
+                .map(|k| c.kv_url(t % 2, &format!("page-key-{k:06}")))
+                .collect();
+            tokio::spawn(async move {
+                for url in urls {
+                    let r = client
+                        .put(&url)
+                        .json(&json!({"value": "v", "causal-metadata": ""}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success(), "{url}: {}", r.status());
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let stats = |i| {
+        let url = c.url(i, "/internal/storage");
+        async move {
+            match try_get(&url, None).await {
+                Ok((200, b)) => b["live"].as_u64(),
+                _ => None,
+            }
+        }
+    };
+    let all = poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || async { (stats(2).await == Some(keys as u64)).then_some(()) },
+    )
+    .await;
+    assert!(all.is_some(), "node 2 holds {:?} of {keys}", stats(2).await);
+
+    c.kill(2);
+    let data = c.log_dir.join("node2-data");
+    std::fs::remove_dir_all(&data).unwrap();
+    c.restart(2);
+    c.wait_http(2, READY_TIMEOUT).await;
+    let copied = poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || async { (stats(2).await == Some(keys as u64)).then_some(()) },
+    )
+    .await;
+    assert!(
+        copied.is_some(),
+        "node 2 holds {:?} of {keys}",
+        stats(2).await
+    );
+    let log = std::fs::read_to_string(c.log_dir.join("node2.log")).unwrap();
+    assert!(
+        log.contains("full copy from") && log.contains(" pages"),
+        "no paged copy in node 2's log"
+    );
+    for k in (0..keys).step_by(997) {
+        let (s, b) = c.kv_get(2, &format!("page-key-{k:06}"), None).await;
+        assert_eq!((s, b["value"].as_str()), (200, Some("v")), "{b}");
+    }
+}

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use tokio::task::JoinSet;
 
-use super::protocol::{SyncResponse, PATH_SYNC};
-use crate::causal::CausalMetadata;
+use super::protocol::{SyncRequest, SyncResponse, PATH_SYNC};
+use crate::causal::{CausalMetadata, VectorClock};
 use crate::membership::{KEY_APPLIED, KEY_MAP};
-use crate::node::Node;
+use crate::node::{CopyPart, Node};
 use crate::shard::{PeerMap, ShardMap};
 use crate::NodeId;
 
@@ -25,35 +25,83 @@ const PERIOD: Duration = Duration::from_millis(500);
 /// (the first node of a new store has nobody to copy from).
 const ALONE_GRACE: Duration = Duration::from_secs(2);
 
-/// Pulls from one peer and takes in the answer.
+/// Pages of one full copy at most: a billion keys.
+const MAX_COPY_PAGES: usize = 100_000;
+
+/// Pulls from one peer and takes in the answer: a delta, or a full copy page by page.
 pub async fn pull_from(node: &Arc<Node>, peer: NodeId, full: bool) -> bool {
-    let request = node.pull_request(full);
+    let mut request = node.pull_request(full);
+    // The era, clock and Lamport time read before the first page: what the whole copy
+    // covers. A page of another era ends the copy (a reshard came between).
+    let mut first: Option<(u64, VectorClock, u64)> = None;
+    for page in 0..MAX_COPY_PAGES {
+        let Some(mut response) = fetch(node, peer, &request).await else {
+            return false;
+        };
+        let (era, clock, lamport) = first
+            .get_or_insert_with(|| (response.era, response.applied.clone(), response.lamport))
+            .clone();
+        if response.era != era {
+            return false;
+        }
+        let part = match (&response.next, page) {
+            (None, 0) => CopyPart::Whole,
+            (None, _) => CopyPart::Last,
+            (Some(_), _) => CopyPart::Page,
+        };
+        if part == CopyPart::Last {
+            (response.applied, response.lamport) = (clock, lamport);
+        }
+        let next = response.next.take();
+        if !absorb(node, response, part).await {
+            return false;
+        }
+        match next {
+            Some(after) => request.after = Some(after),
+            None => {
+                if page > 0 {
+                    log::info!("full copy from {peer} in {} pages", page + 1);
+                }
+                return true;
+            }
+        }
+    }
+    log::warn!("full copy from {peer}: more than {MAX_COPY_PAGES} pages; giving up");
+    false
+}
+
+async fn fetch(node: &Arc<Node>, peer: NodeId, request: &SyncRequest) -> Option<SyncResponse> {
     let body = match node
         .peers
-        .call_for_bytes(peer, PATH_SYNC, &request, PULL_TIMEOUT)
+        .call_for_bytes(peer, PATH_SYNC, request, PULL_TIMEOUT)
         .await
     {
         Ok(body) => body,
         Err(e) => {
             log::debug!("pull from {peer} failed: {e}");
-            return false;
+            return None;
         }
     };
+    // A page of a full copy is thousands of records (a source in memory answers a million
+    // at once): decoding them must not stall the runtime's other tasks.
+    let decoded =
+        tokio::task::spawn_blocking(move || serde_json::from_slice::<SyncResponse>(&body)).await;
+    match decoded {
+        Ok(Ok(response)) => Some(response),
+        Ok(Err(e)) => {
+            log::warn!("pull from {peer}: undecodable answer: {e}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Takes in one answer off the runtime: merging thousands of records is CPU.
+async fn absorb(node: &Arc<Node>, response: SyncResponse, part: CopyPart) -> bool {
     let node = node.clone();
-    // A full copy is a million records: decoding and merging them takes seconds of CPU,
-    // which must not stall the runtime's other tasks (gossip, pushes, requests).
-    let absorbed =
-        tokio::task::spawn_blocking(
-            move || match serde_json::from_slice::<SyncResponse>(&body) {
-                Ok(response) => node.absorb_snapshot(response),
-                Err(e) => {
-                    log::warn!("pull from {peer}: undecodable answer: {e}");
-                    false
-                }
-            },
-        )
-        .await;
-    absorbed.unwrap_or(false)
+    tokio::task::spawn_blocking(move || node.absorb_snapshot(response, part))
+        .await
+        .unwrap_or(false)
 }
 
 /// How often a node copying its shard checks that the members it copies from are still up.

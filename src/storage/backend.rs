@@ -44,6 +44,13 @@ pub trait Backend: Send + Sync {
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// Calls `visit` with every stored key and version.
     fn scan(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StorageError>;
+    /// Calls `visit` with the stored keys and versions after `after` (from the first when
+    /// `None`), in key order, until `visit` returns false: one page of a full copy.
+    fn scan_after(
+        &self,
+        after: Option<&str>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError>;
     /// Makes everything written so far survive a power cut (not only a crash).
     fn sync(&self) -> Result<(), StorageError>;
 
@@ -96,6 +103,22 @@ impl Backend for MemoryBackend {
     fn scan(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StorageError> {
         for (key, version) in lock(&self.data).iter() {
             visit(key.as_bytes(), version);
+        }
+        Ok(())
+    }
+
+    fn scan_after(
+        &self,
+        after: Option<&str>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        use std::ops::Bound;
+        let data = lock(&self.data);
+        let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
+        for (key, version) in data.range((start, Bound::Unbounded)) {
+            if !visit(key.as_bytes(), version) {
+                break;
+            }
         }
         Ok(())
     }

@@ -103,6 +103,24 @@ impl Backend for Disk {
         Ok(())
     }
 
+    fn scan_after(
+        &self,
+        after: Option<&str>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        use std::ops::Bound;
+        let start: Bound<&[u8]> = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.as_bytes()));
+        for item in self.data.range::<&[u8], _>((start, Bound::Unbounded)) {
+            let (key, version) = item
+                .into_inner()
+                .map_err(|e| StorageError::Damaged(format!("{}: {e}", self.path.display())))?;
+            if !visit(&key, &version) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn sync(&self) -> Result<(), StorageError> {
         let mine = self.written.load(Ordering::Acquire);
         let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());

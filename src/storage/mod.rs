@@ -242,6 +242,49 @@ impl Store {
         self.records_where(|_, s| s.era == era && s.seq > seen.get(&s.origin))
     }
 
+    /// One page of a full copy, read from the engine in key order: the records of keys
+    /// `select` accepts after `after`, `max_records` at most, and the key to go on after
+    /// (`None` once the scan has reached the end). `None` for a store without an engine.
+    pub fn page_after(
+        &self,
+        after: Option<&str>,
+        max_records: usize,
+        select: impl Fn(&str) -> bool,
+    ) -> Option<Result<Page, StorageError>> {
+        let backend = self.backend.as_ref()?;
+        let mut records = Vec::new();
+        let mut last: Option<String> = None;
+        let mut full = false;
+        // Keys of other shards (a reshard's leftovers) count too, so a page is bounded in
+        // time as well as in size.
+        let mut scanned = 0usize;
+        let scanned_at_most = max_records.saturating_mul(4);
+        let scan = backend.scan_after(after, &mut |key, version| {
+            if records.len() >= max_records || scanned >= scanned_at_most {
+                full = true;
+                return false;
+            }
+            scanned += 1;
+            let Ok(key) = std::str::from_utf8(key) else {
+                return true;
+            };
+            last = Some(key.to_owned());
+            if select(key) {
+                if let Some(entry) = packed::unpack(version) {
+                    records.push(Record {
+                        key: key.to_owned(),
+                        entry,
+                    });
+                }
+            }
+            true
+        });
+        Some(scan.map(|()| Page {
+            records,
+            next: if full { last } else { None },
+        }))
+    }
+
     /// Drops every key `keep` refuses (keys that moved to another shard), from memory and
     /// then, in batches, from disk. A key whose removal from disk is lost to a crash comes
     /// back after the restart as a key of another shard, which a node hands to its owners.
@@ -323,6 +366,14 @@ fn purgeable(version: &[u8], era: u64, upto: &VectorClock) -> bool {
 
 /// Keys removed from disk per journal write when a node drops the keys it no longer owns.
 const REMOVE_BATCH_KEYS: usize = 10_000;
+
+/// One page of a full copy: its records, and the key the next page starts after (`None`
+/// on the last).
+#[derive(Debug)]
+pub struct Page {
+    pub records: Vec<Record>,
+    pub next: Option<String>,
+}
 
 /// The replica's state as persisted beside the data: what a restarted node needs to go on
 /// exactly where it stopped (and never issue a sequence number twice).
@@ -689,6 +740,47 @@ mod tests {
             assert_eq!(s.get("kept"), Some(later_dead.clone()));
             assert_eq!(s.get("live"), Some(live.clone()));
         }
+    }
+
+    #[test]
+    fn a_full_copy_reads_the_engine_in_bounded_pages_in_key_order() {
+        let backend = Arc::new(MemoryBackend::default());
+        let store = Store::recover(backend, |_| {}).unwrap();
+        let entries: Vec<(String, Entry)> = (0..25)
+            .map(|i| (format!("k{i:02}"), entry(Some("v"), i + 1, 1, i + 1)))
+            .collect();
+        store
+            .write(entries.iter().map(|(k, e)| (k.as_str(), e)), &[])
+            .unwrap();
+        // Every third key is another shard's: skipped, but scanned.
+        let mine = |key: &str| !key.ends_with(['0', '3', '6', '9']);
+        let mut after = None;
+        let mut copied = Vec::new();
+        let mut pages = 0;
+        loop {
+            let Page { records, next } = store
+                .page_after(after.as_deref(), 4, mine)
+                .unwrap()
+                .unwrap();
+            assert!(records.len() <= 4);
+            copied.extend(records.into_iter().map(|r| r.key));
+            pages += 1;
+            match next {
+                Some(key) => after = Some(key),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = entries
+            .iter()
+            .map(|(k, _)| k.clone())
+            .filter(|k| mine(k))
+            .collect();
+        assert_eq!(copied, expected);
+        assert!(pages >= expected.len() / 4, "{pages} pages");
+        assert!(
+            Store::new().page_after(None, 4, mine).is_none(),
+            "in memory: one piece"
+        );
     }
 
     #[test]
