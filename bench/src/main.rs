@@ -5,6 +5,7 @@
 //! every request has a timeout. Targets are whatever the caller names (the scripts only ever
 //! name loopback addresses).
 
+mod engines;
 mod fixed;
 mod load;
 mod stats;
@@ -38,6 +39,9 @@ enum Cmd {
     WaitReady(WaitArgs),
     /// Print the members of a kvs shard, comma-separated (`shard-id-members/<id>`).
     ShardMembers(MembersArgs),
+    /// fjall against redb on kvs's write pattern (crash-safe writes, group sync), and the
+    /// time to read every key back after a restart.
+    Engines(engines::EnginesArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -68,6 +72,7 @@ fn main() -> Result<()> {
         Cmd::ServeFixed(args) => fixed::main(args),
         Cmd::WaitReady(args) => runtime()?.block_on(wait_ready(args)),
         Cmd::ShardMembers(args) => runtime()?.block_on(shard_members(args)),
+        Cmd::Engines(args) => engines::main(args),
     }
 }
 

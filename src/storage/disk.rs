@@ -8,6 +8,15 @@
 //! small replicated writes as sequential appends. It is pure Rust and builds in seconds
 //! (rocksdb takes 20 minutes here; sled is pre-1.0).
 //!
+//! Measured against redb (a B-tree with ACID commits) on kvs's write pattern with
+//! `kvs-bench engines` (200,000 crash-safe writes of 200-byte versions over 100,000 keys,
+//! 16 writers): fjall with a periodic sync 196,888 writes/s, fjall with a group sync before
+//! every answer 25,646/s, redb with a group commit 9,154/s. redb has no crash-safe mode
+//! without an fsync per commit (a `Durability::None` commit may be lost with the process),
+//! so it cannot offer the periodic mode at all. redb reads every key back faster after a
+//! restart (0.05 s against 1.6-1.8 s, most of it fjall replaying its journal) and is 30 MB
+//! on disk against 53 MB.
+//!
 //! Layout: keyspace `data` maps each key to its packed version (the same bytes the memory
 //! table holds); keyspace `meta` holds the replica state and the shard map.
 
