@@ -113,9 +113,10 @@ begin_group() { GROUP_START=${#PIDS[@]}; }
 declare -A NODE_PID
 start_kvs() {
     local name=$1 shards=$2 view=$3 addr=$4
-    # A fresh data directory per node and run (durable storage, the default).
+    # A fresh data directory per node and run (durable storage, the default); KEEP=1
+    # restarts a node on the directory it had.
     local data="$OUT/data/$name-$addr"
-    rm -rf "$data"
+    [ "${KEEP:-0}" = 1 ] || rm -rf "$data"
     if [ -n "$shards" ]; then
         SOCKET_ADDRESS=$addr BIND_ADDRESS=$addr VIEW=$view SHARD_COUNT=$shards RUST_LOG=warn \
             KVS_DATA_DIR=$data "${NICE[@]}" "$KVS" >"$OUT/logs/$name-$addr.log" 2>&1 &
@@ -333,6 +334,29 @@ except Exception: print(-1)'
     RSS_JSON="${RSS_JSON%,}}"
     S0=$("$BENCH" shard-members --target $IP.51:8080 --shard 0)
 
+    # restart: kill -9 a node holding a shard, start it on its data directory, and time
+    # until it answers its shard's whole key count (it serves from its disk).
+    R=$IP.52:8080
+    RS=$(curl -s --max-time 10 "http://$R/key-value-store-shard/node-shard-id" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["shard-id"])')
+    RC=$(keycount $R "$RS")
+    kill -9 "${NODE_PID[$R]}"
+    wait "${NODE_PID[$R]}" 2>/dev/null || true
+    t0=$(date +%s.%N)
+    KEEP=1 start_kvs scale 2 "$VS" "$R"
+    RESTART_COUNT=-1
+    for _ in $(seq 1200); do
+        RESTART_COUNT=$(curl -s --max-time 1 "http://$R/key-value-store-shard/shard-id-key-count/$RS" |
+            python3 -c 'import json,sys
+try: print(json.load(sys.stdin)["shard-id-key-count"])
+except Exception: print(-1)')
+        [ "$RESTART_COUNT" = "$RC" ] && break
+        sleep 0.1
+    done
+    t1=$(date +%s.%N)
+    RESTART_S=$(python3 -c "print(round($t1 - $t0, 2))")
+    echo "restart of $R (kill -9) holding $RC keys: answering all of them after $RESTART_S s ($RESTART_COUNT)"
+
     # add-member: a 7th node, started without SHARD_COUNT, joins shard 0.
     start_kvs scale "" "$VS,$NEW" "$NEW"
     # Wait until the coordinator sees the new node up (gossip), at most 30 s.
@@ -366,6 +390,7 @@ except Exception: print(-1)'
     RSS_AFTER="{"
     for a in ${VS//,/ } $NEW; do RSS_AFTER="$RSS_AFTER\"$a\": $(rss_of "${NODE_PID[$a]}"),"; done
     RSS_AFTER="${RSS_AFTER%,}}"
+    RESTART_S=$RESTART_S RESTART_KEYS=$RC RESTART_COUNT=$RESTART_COUNT \
     SCALE_KEYS=$WRITTEN RSS_BEFORE=$RSS_BEFORE C0=$c0 C1=$c1 S0=$S0 RSS_JSON=$RSS_JSON RSS_AFTER=$RSS_AFTER ADD_S=$ADD_S \
     ADD=$ADD NEW_COUNT=${NEW_COUNT:-0} RES_S=$RES_S RES=$RES TOTAL=$TOTAL python3 - >"$OUT/scale.json" <<'EOF'
 import json, os
@@ -382,6 +407,8 @@ print(json.dumps({
     "rss_kb_after_reshard": json.loads(e["RSS_AFTER"]),
     "add_member_s": num("ADD_S"), "add_member_answer": e["ADD"], "new_member_keys": num("NEW_COUNT"),
     "reshard_s": num("RES_S"), "reshard_answer": e["RES"], "keys_after_reshard": num("TOTAL"),
+    "restart_s": num("RESTART_S"), "restart_keys": num("RESTART_KEYS"),
+    "restart_answered_keys": num("RESTART_COUNT"),
 }, indent=1))
 EOF
     stop_group
