@@ -282,3 +282,45 @@ async fn a_wiped_replica_copies_its_shard_in_pages() {
         assert_eq!((s, b["value"].as_str()), (200, Some("v")), "{b}");
     }
 }
+
+/// A node restarted on its data directory has written before but has nothing in its push
+/// queue; a reshard's flush waits for its peers to acknowledge all its writes, which they
+/// now do when it asks (an empty push), instead of the reshard failing after 10 s.
+#[tokio::test]
+async fn a_reshard_right_after_a_restart_succeeds() {
+    let c = Cluster::start(4, Some(2), FMT).await;
+    let mut cm = String::new();
+    for i in 0..4 {
+        for k in 0..5 {
+            cm = must_put(&c, i, &format!("r{i}-{k}"), "v", &cm).await;
+        }
+    }
+    c.kill(1);
+    c.restart(1);
+    c.wait_http(1, READY_TIMEOUT).await;
+    // Every node sees the restarted one up again, so that it takes part in the reshard.
+    let all = c.addrs();
+    for i in 0..c.len() {
+        c.wait_view(i, &all, READY_TIMEOUT).await;
+    }
+    let started = std::time::Instant::now();
+    let (s, b) = try_request_timeout(
+        reqwest::Method::PUT,
+        &c.url(0, "/key-value-store-shard/reshard"),
+        Body::Json(&json!({"shard-count": 1})),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    println!(
+        "reshard after a restart: {s} in {:?}: {b}",
+        started.elapsed()
+    );
+    assert_eq!(s, 200, "{b}\n{}", c.log_tails(20));
+    for i in 0..4 {
+        for k in 0..5 {
+            let (s, b) = c.kv_get(3, &format!("r{i}-{k}"), Some(&cm)).await;
+            assert_eq!(s, 200, "{b}");
+        }
+    }
+}

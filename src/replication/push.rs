@@ -71,6 +71,9 @@ async fn push_to(node: Arc<Node>, peer: NodeId) {
             cursor = 1;
         }
         let Some(mut batch) = node.outbox.batch(era, cursor, BATCH) else {
+            if !acknowledged_all(&node, peer) {
+                probe(&node, peer, era).await;
+            }
             let _ = tokio::time::timeout(IDLE_RECHECK, wake).await;
             continue;
         };
@@ -108,6 +111,37 @@ async fn push_to(node: Arc<Node>, peer: NodeId) {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// Whether `peer` has acknowledged every write this node has made in its era.
+fn acknowledged_all(node: &Node, peer: NodeId) -> bool {
+    let (era, last) = node.own_last_seq();
+    last == 0
+        || node
+            .acks
+            .get(&peer)
+            .is_some_and(|a| a.0 == era && a.1 >= last)
+}
+
+/// Asks `peer` how far it has applied this node's writes, with an empty push. A restarted
+/// node's outbox does not hold the writes it made before; the peers have them (or pull
+/// them), but nothing would be pushed, no acknowledgement would come, and a reshard's flush
+/// or a quorum write would wait for one in vain.
+async fn probe(node: &Node, peer: NodeId, era: u64) {
+    let message = ReplicateBatch {
+        origin: node.me,
+        era,
+        records: Vec::new(),
+    };
+    match node
+        .peers
+        .call::<_, ReplicateAck>(peer, PATH_REPLICATE, &message, PUSH_TIMEOUT)
+        .await
+    {
+        Ok(ack) if ack.era == era => node.note_ack(peer, era, ack.applied),
+        Ok(_) => {}
+        Err(e) => log::debug!("probe of {peer} failed: {e}"),
     }
 }
 
