@@ -114,23 +114,7 @@ fn fjall_periodic(args: &EnginesArgs, dir: &Path) -> Result<f64> {
             }
         })
     };
-    let loads: Vec<_> = (0..args.writers).map(|w| workload(args, w)).collect();
-    let started = Instant::now();
-    let writers: Vec<_> = loads
-        .into_iter()
-        .map(|load| {
-            let data = data.clone();
-            std::thread::spawn(move || {
-                for (key, version) in load {
-                    data.insert(key, version).expect("fjall insert");
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        let _ = w.join();
-    }
-    let elapsed = started.elapsed();
+    let elapsed = run_writers(args, move |key, version| data.insert(key, version).is_ok());
     done.store(true, Ordering::Relaxed);
     let _ = syncer.join();
     db.persist(fjall::PersistMode::SyncData)?;
@@ -206,31 +190,42 @@ fn group(args: &EnginesArgs, mut committer: impl Committer) -> Result<f64> {
         }
         Ok(())
     });
+    let elapsed = run_writers(args, move |key, version| {
+        let (answer, answered) = mpsc::sync_channel(1);
+        queue.send((key, version, answer)).is_ok() && answered.recv().is_ok()
+    });
+    committing
+        .join()
+        .map_err(|_| anyhow::anyhow!("committer panicked"))??;
+    Ok((args.writes / args.writers * args.writers) as f64 / elapsed.as_secs_f64())
+}
+
+/// Runs every writer's load on a thread of its own, each write through `write` (which
+/// returns false to stop that writer), and returns how long they took together.
+fn run_writers<W>(args: &EnginesArgs, write: W) -> Duration
+where
+    W: Fn(Vec<u8>, Vec<u8>) -> bool + Clone + Send + 'static,
+{
     let loads: Vec<_> = (0..args.writers).map(|w| workload(args, w)).collect();
     let started = Instant::now();
     let writers: Vec<_> = loads
         .into_iter()
         .map(|load| {
-            let queue = queue.clone();
+            let write = write.clone();
             std::thread::spawn(move || {
                 for (key, version) in load {
-                    let (answer, answered) = mpsc::sync_channel(1);
-                    if queue.send((key, version, answer)).is_err() || answered.recv().is_err() {
+                    if !write(key, version) {
                         return;
                     }
                 }
             })
         })
         .collect();
-    drop(queue);
+    drop(write);
     for w in writers {
         let _ = w.join();
     }
-    let elapsed = started.elapsed();
-    committing
-        .join()
-        .map_err(|_| anyhow::anyhow!("committer panicked"))??;
-    Ok((args.writes / args.writers * args.writers) as f64 / elapsed.as_secs_f64())
+    started.elapsed()
 }
 
 fn reopen_fjall(dir: &Path) -> Result<(Duration, usize)> {

@@ -81,7 +81,7 @@ impl Store {
         backend.scan(&mut |key, version| {
             let slot = std::str::from_utf8(key)
                 .ok()
-                .filter(|k| k.len() <= usize::from(u8::MAX) && packed::unpack(version).is_some())
+                .filter(|k| k.len() <= usize::from(u8::MAX) && packed::is_well_formed(version))
                 .map(|key| Slot::from_parts(key, version));
             match (slot, packed::stamp(version)) {
                 (Some(slot), Some(stamp)) => {
@@ -590,6 +590,27 @@ mod packed {
         Cursor(bytes.get(1..)?).stamp()
     }
 
+    /// Whether `bytes` is a version [`unpack`] decodes, without building the entry: what
+    /// recovery checks of every key (decoding a million entries, token re-encoded and all,
+    /// only to drop them was a good part of a restart).
+    pub fn is_well_formed(bytes: &[u8]) -> bool {
+        let Some(&flags) = bytes.first() else {
+            return false;
+        };
+        let mut cursor = Cursor(&bytes[1..]);
+        if cursor.stamp().is_none() {
+            return false;
+        }
+        let Some(meta_len) = cursor.varint().and_then(|l| usize::try_from(l).ok()) else {
+            return false;
+        };
+        let Some(meta) = cursor.take(meta_len) else {
+            return false;
+        };
+        (flags & RAW_TOKEN != 0 || std::str::from_utf8(meta).is_ok())
+            && std::str::from_utf8(cursor.0).is_ok()
+    }
+
     pub fn unpack(bytes: &[u8]) -> Option<Entry> {
         let flags = *bytes.first()?;
         let mut cursor = Cursor(&bytes[1..]);
@@ -812,6 +833,27 @@ mod tests {
         e.metadata = "not a token!".into();
         e.stamp.lamport = u64::MAX;
         assert_eq!(packed::unpack(&packed::pack(&e)), Some(e));
+    }
+
+    #[test]
+    fn the_well_formed_check_agrees_with_unpacking() {
+        let mut e = entry(Some("välue"), 7, 3, 9);
+        e.metadata = "not a token!".into();
+        let packed = packed::pack(&e);
+        assert!(packed::is_well_formed(&packed));
+        // Every truncation, and a value cut inside a UTF-8 sequence, is refused by both.
+        for cut in 0..packed.len() {
+            let part = &packed[..cut];
+            assert_eq!(
+                packed::is_well_formed(part),
+                packed::unpack(part).is_some(),
+                "cut {cut}"
+            );
+        }
+        let mut bad = packed.to_vec();
+        *bad.last_mut().unwrap() = 0xff;
+        assert!(!packed::is_well_formed(&bad));
+        assert!(packed::unpack(&bad).is_none());
     }
 
     #[test]
