@@ -16,6 +16,7 @@ use chitchat::{
 };
 use tokio::sync::watch;
 
+use crate::causal::CausalMetadata;
 use crate::config::Config;
 use crate::error::KvsError;
 use crate::NodeId;
@@ -34,6 +35,14 @@ pub struct PeerState {
     pub map: Option<String>,
     pub applied: Option<String>,
     pub relay_port: Option<u16>,
+}
+
+impl LiveSet {
+    /// The applied clock `node` advertises by gossip, if it is live and its token decodes.
+    pub fn applied_of(&self, node: &NodeId) -> Option<CausalMetadata> {
+        let token = self.nodes.get(node)?.applied.as_deref()?;
+        CausalMetadata::decode(token).ok()
+    }
 }
 
 impl PeerState {

@@ -242,12 +242,7 @@ impl Node {
         let live = self.membership.live_set();
         let mut members = vec![Some((mine.era, mine.clock))];
         for peer in self.shard_peers() {
-            let advertised = live
-                .nodes
-                .get(&peer)
-                .and_then(|s| s.applied.as_deref())
-                .and_then(|t| CausalMetadata::decode(t).ok());
-            members.push(advertised.map(|m| (m.era, m.clock)));
+            members.push(live.applied_of(&peer).map(|m| (m.era, m.clock)));
         }
         let Some(upto) = barrier.advance(mine.era, &members) else {
             return 0;

@@ -225,11 +225,7 @@ pub async fn catch_up_once(
     if !eager {
         previous.clear();
         for peer in peers {
-            let advertised = live
-                .nodes
-                .get(&peer)
-                .and_then(|s| s.applied.as_deref())
-                .and_then(|t| CausalMetadata::decode(t).ok());
+            let advertised = live.applied_of(&peer);
             if let Some(clock) = advertised {
                 previous.insert(peer, clock);
             }

@@ -82,15 +82,14 @@ fn max_of(clocks: &[&VectorClock]) -> VectorClock {
 }
 
 fn min_of(clocks: &[&VectorClock]) -> VectorClock {
-    let mut floor = VectorClock::new();
+    // A node missing from any clock is at 0 there, so the first clock's nodes are all.
     let Some(first) = clocks.first() else {
-        return floor;
+        return VectorClock::new();
     };
-    for (node, _) in first.iter() {
-        let least = clocks.iter().map(|c| c.get(node)).min().unwrap_or(0);
-        floor.set(*node, least);
-    }
-    floor
+    first
+        .iter()
+        .map(|(node, _)| (*node, clocks.iter().map(|c| c.get(node)).min().unwrap_or(0)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -103,11 +102,7 @@ mod tests {
     }
 
     fn clock(entries: &[(u8, u64)]) -> VectorClock {
-        let mut c = VectorClock::new();
-        for &(i, v) in entries {
-            c.set(n(i), v);
-        }
-        c
+        entries.iter().map(|&(i, v)| (n(i), v)).collect()
     }
 
     fn members(clocks: &[&[(u8, u64)]]) -> Vec<Option<(u64, VectorClock)>> {
