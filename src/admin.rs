@@ -266,9 +266,12 @@ pub async fn transfer(node: &Arc<Node>, epoch: u64, participants: &[NodeId]) -> 
     let current = node.map();
     let senders: BTreeSet<NodeId> = participants.iter().copied().collect();
     // Select while scanning: only the keys this node must send are copied out of the store.
-    let mine = node.store.records_where(|key, _| {
-        !transfer_targets(node.me, &current, &next, &senders, key).is_empty()
-    });
+    let mine = node
+        .store
+        .records_where(|key, _| {
+            !transfer_targets(node.me, &current, &next, &senders, key).is_empty()
+        })
+        .unwrap_or_else(|e| crate::node::storage_failed(e));
     let plan = plan_transfer(node.me, &current, &next, participants, mine);
     let sends = plan.into_iter().map(|(target, records)| {
         let node = node.clone();

@@ -103,8 +103,12 @@ fn open_storage(config: &Config, initial: shard::ShardMap) -> anyhow::Result<rec
         return Ok(recovery::Recovered::in_memory(me, initial));
     };
     let started = std::time::Instant::now();
-    let disk = storage::disk::Disk::open(dir, config.storage.cache_bytes)
-        .map_err(|e| anyhow::anyhow!("KVS_DATA_DIR {}: {e}", dir.display()))?;
+    let disk = storage::disk::Disk::open(
+        dir,
+        config.storage.cache_bytes,
+        config.storage.memtable_bytes,
+    )
+    .map_err(|e| anyhow::anyhow!("KVS_DATA_DIR {}: {e}", dir.display()))?;
     let start = recovery::Recovered::from_backend(Arc::new(disk), me, initial)
         .map_err(|e| anyhow::anyhow!("KVS_DATA_DIR {}: {e}", dir.display()))?;
     log::info!(

@@ -78,14 +78,14 @@ impl Recovered {
             })?),
         };
         let era = state.as_ref().map_or(map.era, |s| s.era);
-        let (mut own_seq, mut lamport) = (0, 0);
+        let (mut own_seq, mut lamport, mut keys) = (0, 0, 0);
         let store = Store::recover(backend, |stamp| {
+            keys += 1;
             lamport = lamport.max(stamp.lamport);
             if stamp.origin == me && stamp.era == era {
                 own_seq = own_seq.max(stamp.seq);
             }
         })?;
-        let keys = store.len();
         let lamport = lamport.max(state.as_ref().map_or(0, |s| s.lamport));
         let replica_and_synced = state.filter(|s| s.era == map.era).map(|s| {
             let mut applied = s.applied;
@@ -167,7 +167,7 @@ mod tests {
         assert_eq!(r.replica.lamport(), 9);
         assert!(r.synced);
         assert_eq!(r.keys, 2);
-        assert_eq!(r.store.get("a").unwrap(), entry(n(1), 4, 9));
+        assert_eq!(r.store.get("a").unwrap(), Some(entry(n(1), 4, 9)));
     }
 
     #[test]

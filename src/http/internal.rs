@@ -40,7 +40,7 @@ async fn storage(node: NodeData) -> HttpResponse {
 }
 
 async fn replicate(node: NodeData, batch: web::Json<ReplicateBatch>) -> HttpResponse {
-    answer(Ok(node.apply_batch(batch.into_inner())))
+    answer(Ok(node.receive_push(batch.into_inner()).await))
 }
 
 async fn sync(node: NodeData, request: web::Json<SyncRequest>) -> HttpResponse {

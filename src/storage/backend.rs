@@ -1,7 +1,7 @@
 //! The seam between the store and the disk: what a node persists, behind a small trait.
 //!
-//! The store keeps every key in memory for reads and writes each version it adopts through
-//! to a [`Backend`] before the write is answered; a restarted node reads everything back.
+//! A durable store reads and writes every version through a [`Backend`]; a restarted node
+//! scans it once for the stamps it needs (its own last sequence number) and serves from it.
 //! [`Disk`](super::disk::Disk) is the durable implementation; [`MemoryBackend`] keeps the
 //! same data in maps that outlive a `Node`, so unit tests can "restart" a node without disk.
 
@@ -41,6 +41,8 @@ pub trait Backend: Send + Sync {
     /// Applies every change of `batch`, or none; the batch is in the journal (handed to the
     /// operating system) when this returns.
     fn write(&self, batch: &Batch<'_>) -> Result<(), StorageError>;
+    /// The packed version stored for `key`.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// Calls `visit` with every stored key and version.
     fn scan(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StorageError>;
@@ -94,6 +96,10 @@ impl Backend for MemoryBackend {
             meta.insert((*name).to_owned(), value.to_vec());
         }
         Ok(())
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(lock(&self.data).get(key).cloned())
     }
 
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {

@@ -45,8 +45,9 @@ fn engine(path: &Path) -> impl Fn(fjall::Error) -> StorageError + '_ {
 
 impl Disk {
     /// Opens (or creates) the database in `path`. `cache_bytes` bounds the engine's block
-    /// cache.
-    pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StorageError> {
+    /// cache, and `memtable_bytes` the latest writes it keeps in memory before writing them
+    /// out as a table.
+    pub fn open(path: &Path, cache_bytes: u64, memtable_bytes: u64) -> Result<Self, StorageError> {
         std::fs::create_dir_all(path)
             .map_err(|e| StorageError::Engine(format!("cannot create {}: {e}", path.display())))?;
         let db = Database::builder(path)
@@ -57,7 +58,9 @@ impl Disk {
                 other => StorageError::Damaged(format!("{}: {other}", path.display())),
             })?;
         let data = db
-            .keyspace("data", KeyspaceCreateOptions::default)
+            .keyspace("data", || {
+                KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes)
+            })
             .map_err(engine(path))?;
         let meta = db
             .keyspace("meta", KeyspaceCreateOptions::default)
@@ -95,6 +98,13 @@ impl Backend for Disk {
         write.commit().map_err(engine(&self.path))?;
         self.wrote();
         Ok(())
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let value = self.data.get(key.as_bytes()).map_err(|e| {
+            StorageError::Damaged(format!("{}: reading {key:?}: {e}", self.path.display()))
+        })?;
+        Ok(value.map(|v| v.to_vec()))
     }
 
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
@@ -160,7 +170,7 @@ mod tests {
     fn what_was_written_is_read_back_after_reopening() {
         let dir = temp_dir("reopen");
         {
-            let disk = Disk::open(&dir, 1 << 20).unwrap();
+            let disk = Disk::open(&dir, 1 << 20, 1 << 20).unwrap();
             disk.put("a", b"1").unwrap();
             disk.put("b", b"2").unwrap();
             let batch = Batch {
@@ -171,7 +181,7 @@ mod tests {
             disk.write(&batch).unwrap();
             disk.sync().unwrap();
         }
-        let disk = Disk::open(&dir, 1 << 20).unwrap();
+        let disk = Disk::open(&dir, 1 << 20, 1 << 20).unwrap();
         let mut seen = Vec::new();
         disk.scan(&mut |k, v| seen.push((k.to_vec(), v.to_vec())))
             .unwrap();

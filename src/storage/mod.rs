@@ -1,11 +1,11 @@
-//! Storage: the latest version of every key this node holds, tombstones included, in memory
-//! for reads, and written through to a durable [`Backend`] (when the node has one) before a
-//! write is acknowledged.
+//! Storage: the latest version of every key this node holds, tombstones included: in the
+//! durable [`Backend`] (an engine that serves reads from its memtable and block cache), or
+//! in a table in memory for `--in-memory` and tests.
 //!
 //! Writes are merged last-writer-wins by [`Stamp`], which is commutative and idempotent: a
 //! replica can take the same write from a push, a pull and a reshard transfer in any order
-//! and end up in the same state. A version goes to the backend under the same lock that
-//! installs it in memory, so the disk never ends up with an older version than memory.
+//! and end up in the same state. A version reaches the engine's journal before anyone can
+//! read it, so nothing a client saw is lost to a crash.
 
 pub mod backend;
 pub mod disk;
@@ -45,20 +45,34 @@ pub struct Record {
     pub entry: Entry,
 }
 
-/// The store keeps each key and its version packed into one heap block (see [`Slot`]): a
-/// million keys then cost a 16-byte table slot and one allocation each, instead of a
-/// 128-byte slot and four allocations.
+/// Where the versions live: a table in memory (`--in-memory`, and tests), or the engine
+/// alone, which serves reads from its memtable and block cache. A durable node keeps nothing
+/// per key in memory: a million keys in memory cost 228 bytes each (466 MB of resident
+/// memory for a node holding them), and the engine's caches are bounded
+/// (`KVS_CACHE_MB`).
+enum Table {
+    /// Each key and its version packed into one heap block (see [`Slot`]): a million keys
+    /// then cost a 16-byte table slot and one allocation each, instead of a 128-byte slot
+    /// and four allocations.
+    Memory(DashMap<Slot, ()>),
+    Engine(Arc<dyn Backend>),
+}
+
 #[derive(Default)]
 pub struct Store {
-    entries: DashMap<Slot, ()>,
-    backend: Option<Arc<dyn Backend>>,
+    table: Table,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table::Memory(DashMap::new())
+    }
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("keys", &self.entries.len())
-            .field("durable", &self.backend.is_some())
+            .field("durable", &self.is_durable())
             .finish()
     }
 }
@@ -69,25 +83,18 @@ impl Store {
         Self::default()
     }
 
-    /// Reads back everything `backend` holds, calling `visit` with each version's stamp, and
-    /// writes every later change through to it. A version this node could not have written
-    /// means the data is damaged: the node must not serve from it.
+    /// Reads back every version `backend` holds, calling `visit` with each one's stamp, and
+    /// serves and writes everything from then on through it. A version this node could not
+    /// have written means the data is damaged: the node must not serve from it.
     pub fn recover(
         backend: Arc<dyn Backend>,
         mut visit: impl FnMut(&Stamp),
     ) -> Result<Self, StorageError> {
-        let entries = DashMap::new();
         let mut damaged = None;
         backend.scan(&mut |key, version| {
-            let slot = std::str::from_utf8(key)
-                .ok()
-                .filter(|k| k.len() <= usize::from(u8::MAX) && packed::is_well_formed(version))
-                .map(|key| Slot::from_parts(key, version));
-            match (slot, packed::stamp(version)) {
-                (Some(slot), Some(stamp)) => {
-                    visit(&stamp);
-                    entries.insert(slot, ());
-                }
+            let key_ok = std::str::from_utf8(key).is_ok_and(|k| k.len() <= usize::from(u8::MAX));
+            match packed::stamp(version) {
+                Some(stamp) if key_ok && packed::is_well_formed(version) => visit(&stamp),
                 _ => damaged = Some(String::from_utf8_lossy(key).into_owned()),
             }
         })?;
@@ -97,57 +104,68 @@ impl Store {
             )));
         }
         Ok(Self {
-            entries,
-            backend: Some(backend),
+            table: Table::Engine(backend),
         })
     }
 
     pub fn backend(&self) -> Option<&Arc<dyn Backend>> {
-        self.backend.as_ref()
+        match &self.table {
+            Table::Engine(backend) => Some(backend),
+            Table::Memory(_) => None,
+        }
     }
 
     /// Whether writes go to a disk as well as memory.
     pub fn is_durable(&self) -> bool {
-        self.backend.is_some()
+        self.backend().is_some()
     }
 
-    pub fn get(&self, key: &str) -> Option<Entry> {
-        self.entries
-            .get(key)
-            .and_then(|e| packed::unpack(e.key().version()))
+    /// Calls `with` with the packed version of `key`, if there is one.
+    fn version<T>(
+        &self,
+        key: &str,
+        with: impl FnOnce(&[u8]) -> T,
+    ) -> Result<Option<T>, StorageError> {
+        match &self.table {
+            Table::Memory(entries) => Ok(entries.get(key).map(|e| with(e.key().version()))),
+            Table::Engine(backend) => Ok(backend.get(key)?.map(|v| with(&v))),
+        }
     }
 
-    pub fn is_live(&self, key: &str) -> bool {
-        self.entries
-            .get(key)
-            .is_some_and(|e| packed::is_live(e.key().version()))
+    pub fn get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
+        Ok(self.version(key, packed::unpack)?.flatten())
+    }
+
+    pub fn is_live(&self, key: &str) -> Result<bool, StorageError> {
+        Ok(self.version(key, packed::is_live)?.unwrap_or(false))
     }
 
     /// Keeps whichever of the stored and the given entry has the larger stamp, in memory
-    /// only (a store without a backend, and tests). Returns true when `entry` was stored.
+    /// only (tests). Returns true when `entry` was stored.
+    #[cfg(test)]
     pub fn merge(&self, key: &str, entry: Entry) -> bool {
-        // Most merges of an old write end here, without building the new slot.
-        if !self.beats_stored(key, &entry.stamp) {
-            return false;
+        match &self.table {
+            Table::Memory(entries) => install(entries, Slot::new(key, &entry)),
+            Table::Engine(_) => false,
         }
-        self.install(Slot::new(key, &entry))
     }
 
     /// Stores the versions that win over what is stored (the larger stamp wins, also among
-    /// `versions`): on disk first, in one atomic batch together with `meta`, then in memory,
-    /// so that nothing is visible before it is in the journal. Callers serialize their calls
-    /// (the node holds its replica lock), so what was compared here is still what is stored
-    /// when the winners are installed.
+    /// `versions`): with an engine, in one atomic batch together with `meta`, in its journal
+    /// before anyone can read them. Callers serialize their calls (the node holds its
+    /// replica lock), so what was compared here is still what is stored when the winners
+    /// are written.
     pub fn write<'a>(
         &self,
         versions: impl IntoIterator<Item = (&'a str, &'a Entry)>,
         meta: &[(&str, &[u8])],
     ) -> Result<(), StorageError> {
-        let mut winners: Vec<Slot> = versions
-            .into_iter()
-            .filter(|(key, entry)| self.beats_stored(key, &entry.stamp))
-            .map(|(key, entry)| Slot::new(key, entry))
-            .collect();
+        let mut winners: Vec<Slot> = Vec::new();
+        for (key, entry) in versions {
+            if self.beats_stored(key, &entry.stamp)? {
+                winners.push(Slot::new(key, entry));
+            }
+        }
         if winners.len() > 1 {
             // One version per key, the largest: sort by key, then stamp, keep each key's last.
             winners.sort_by(|a, b| {
@@ -162,83 +180,83 @@ impl Store {
             }
             winners = kept;
         }
-        if let Some(backend) = &self.backend {
-            let batch = Batch {
+        match &self.table {
+            Table::Engine(backend) => backend.write(&Batch {
                 puts: winners.iter().map(|s| (s.key(), s.version())).collect(),
                 removes: Vec::new(),
                 meta: meta.to_vec(),
-            };
-            backend.write(&batch)?;
-        }
-        for slot in winners {
-            self.install(slot);
-        }
-        Ok(())
-    }
-
-    fn beats_stored(&self, key: &str, stamp: &Stamp) -> bool {
-        self.entries
-            .get(key)
-            .is_none_or(|e| packed::stamp(e.key().version()).is_none_or(|s| *stamp > s))
-    }
-
-    /// Puts `slot` in the table unless what is stored has a larger stamp.
-    fn install(&self, slot: Slot) -> bool {
-        let Some(stamp) = packed::stamp(slot.version()) else {
-            return false;
-        };
-        match self.entries.entry(slot) {
-            dashmap::Entry::Occupied(current) => {
-                if packed::stamp(current.key().version()).is_some_and(|s| s >= stamp) {
-                    return false;
+            }),
+            Table::Memory(entries) => {
+                for slot in winners {
+                    install(entries, slot);
                 }
-                // Replaces the stored key too: it carries the version.
-                current.replace_entry(());
-            }
-            dashmap::Entry::Vacant(vacant) => {
-                vacant.insert(());
+                Ok(())
             }
         }
-        true
     }
 
-    /// The number of live (not deleted) keys among those `owned` says belong here.
-    pub fn live_count(&self, owned: impl Fn(&str) -> bool) -> usize {
-        self.entries
-            .iter()
-            .filter(|e| packed::is_live(e.key().version()) && owned(e.key().key()))
-            .count()
+    fn beats_stored(&self, key: &str, stamp: &Stamp) -> Result<bool, StorageError> {
+        let stored = self.version(key, packed::stamp)?.flatten();
+        Ok(stored.is_none_or(|s| *stamp > s))
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
+    /// Calls `visit` with every key and packed version, in no particular order.
+    fn scan(&self, visit: &mut dyn FnMut(&str, &[u8])) -> Result<(), StorageError> {
+        match &self.table {
+            Table::Memory(entries) => {
+                for e in entries.iter() {
+                    visit(e.key().key(), e.key().version());
+                }
+                Ok(())
+            }
+            Table::Engine(backend) => backend.scan(&mut |key, version| {
+                if let Ok(key) = std::str::from_utf8(key) {
+                    visit(key, version);
+                }
+            }),
+        }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+    /// How many keys are stored, and how many of them are tombstones (a scan).
+    pub fn counts(&self) -> Result<(usize, usize), StorageError> {
+        let (mut keys, mut tombstones) = (0, 0);
+        self.scan(&mut |_, version| {
+            keys += 1;
+            tombstones += usize::from(!packed::is_live(version));
+        })?;
+        Ok((keys, tombstones))
+    }
+
+    /// The number of live (not deleted) keys among those `owned` says belong here (a scan).
+    pub fn live_count(&self, owned: impl Fn(&str) -> bool) -> Result<usize, StorageError> {
+        let mut live = 0;
+        self.scan(&mut |key, version| {
+            live += usize::from(packed::is_live(version) && owned(key));
+        })?;
+        Ok(live)
     }
 
     /// Every record whose key and stamp `select` accepts.
-    pub fn records_where(&self, select: impl Fn(&str, &Stamp) -> bool) -> Vec<Record> {
-        self.entries
-            .iter()
-            .filter_map(|e| {
-                let slot = e.key();
-                let stamp = packed::stamp(slot.version())?;
-                if !select(slot.key(), &stamp) {
-                    return None;
-                }
-                Some(Record {
-                    key: slot.key().to_owned(),
-                    entry: packed::unpack(slot.version())?,
-                })
-            })
-            .collect()
+    pub fn records_where(
+        &self,
+        select: impl Fn(&str, &Stamp) -> bool,
+    ) -> Result<Vec<Record>, StorageError> {
+        let mut records = Vec::new();
+        self.scan(&mut |key, version| {
+            let chosen = packed::stamp(version).is_some_and(|stamp| select(key, &stamp));
+            if let Some(entry) = chosen.then(|| packed::unpack(version)).flatten() {
+                records.push(Record {
+                    key: key.to_owned(),
+                    entry,
+                });
+            }
+        })?;
+        Ok(records)
     }
 
     /// The records written in `era` that `seen` does not cover: what a peer that has applied
     /// `seen` lacks of this node's data.
-    pub fn delta(&self, era: u64, seen: &VectorClock) -> Vec<Record> {
+    pub fn delta(&self, era: u64, seen: &VectorClock) -> Result<Vec<Record>, StorageError> {
         self.records_where(|_, s| s.era == era && s.seq > seen.get(&s.origin))
     }
 
@@ -251,7 +269,7 @@ impl Store {
         max_records: usize,
         select: impl Fn(&str) -> bool,
     ) -> Option<Result<Page, StorageError>> {
-        let backend = self.backend.as_ref()?;
+        let backend = self.backend()?;
         let mut records = Vec::new();
         let mut last: Option<String> = None;
         let mut full = false;
@@ -285,78 +303,106 @@ impl Store {
         }))
     }
 
-    /// Drops every key `keep` refuses (keys that moved to another shard), from memory and
-    /// then, in batches, from disk. A key whose removal from disk is lost to a crash comes
-    /// back after the restart as a key of another shard, which a node hands to its owners.
+    /// Drops every key `keep` refuses (keys that moved to another shard), in batches. A key
+    /// whose removal from disk is lost to a crash comes back after the restart as a key of
+    /// another shard, which a node hands to its owners.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) -> Result<(), StorageError> {
-        let mut removed: Vec<String> = Vec::new();
-        self.entries.retain(|slot, _| {
-            let kept = keep(slot.key());
-            if !kept && self.backend.is_some() {
-                removed.push(slot.key().to_owned());
+        match &self.table {
+            Table::Memory(entries) => {
+                entries.retain(|slot, _| keep(slot.key()));
+                Ok(())
             }
-            kept
-        });
-        if let Some(backend) = &self.backend {
-            for chunk in removed.chunks(REMOVE_BATCH_KEYS) {
-                backend.write(&Batch {
-                    removes: chunk.iter().map(String::as_str).collect(),
-                    ..Batch::default()
+            Table::Engine(backend) => {
+                let mut removed: Vec<String> = Vec::new();
+                self.scan(&mut |key, _| {
+                    if !keep(key) {
+                        removed.push(key.to_owned());
+                    }
                 })?;
+                remove_in_batches(backend.as_ref(), &removed)
             }
         }
-        Ok(())
     }
-}
 
-impl Store {
     /// The keys whose tombstones are of `era` and covered by `upto`: a scan, without the
     /// replica lock; [`Store::purge_tombstones`] removes them under it.
-    pub fn purgeable_tombstones(&self, era: u64, upto: &VectorClock) -> Vec<String> {
-        self.entries
-            .iter()
-            .filter(|e| purgeable(e.key().version(), era, upto))
-            .map(|e| e.key().key().to_owned())
-            .collect()
+    pub fn purgeable_tombstones(
+        &self,
+        era: u64,
+        upto: &VectorClock,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut keys = Vec::new();
+        self.scan(&mut |key, version| {
+            if purgeable(version, era, upto) {
+                keys.push(key.to_owned());
+            }
+        })?;
+        Ok(keys)
     }
 
-    /// Removes the tombstones of `keys` that are still of `era` and covered by `upto`, from
-    /// memory and then, in batches, from disk; returns how many. Callers hold the replica
-    /// lock, as for [`Store::write`]: a key rewritten since it was chosen keeps its new
-    /// version, in memory and on disk.
+    /// Removes the tombstones of `keys` that are still of `era` and covered by `upto`, in
+    /// batches; returns how many. Callers hold the replica lock, as for [`Store::write`]: a
+    /// key rewritten since it was chosen keeps its new version.
     pub fn purge_tombstones(
         &self,
         keys: &[String],
         era: u64,
         upto: &VectorClock,
     ) -> Result<usize, StorageError> {
-        let removed: Vec<&str> = keys
-            .iter()
-            .filter(|key| {
-                self.entries
-                    .remove_if(key.as_str(), |slot, _| purgeable(slot.version(), era, upto))
-                    .is_some()
-            })
-            .map(String::as_str)
-            .collect();
-        if let Some(backend) = &self.backend {
-            for chunk in removed.chunks(REMOVE_BATCH_KEYS) {
-                backend.write(&Batch {
-                    removes: chunk.to_vec(),
-                    ..Batch::default()
-                })?;
+        match &self.table {
+            Table::Memory(entries) => Ok(keys
+                .iter()
+                .filter(|key| {
+                    entries
+                        .remove_if(key.as_str(), |slot, _| purgeable(slot.version(), era, upto))
+                        .is_some()
+                })
+                .count()),
+            Table::Engine(backend) => {
+                let mut removed = Vec::new();
+                for key in keys {
+                    if self
+                        .version(key, |v| purgeable(v, era, upto))?
+                        .unwrap_or(false)
+                    {
+                        removed.push(key.clone());
+                    }
+                }
+                remove_in_batches(backend.as_ref(), &removed)?;
+                Ok(removed.len())
             }
         }
-        Ok(removed.len())
     }
+}
 
-    /// Deleted keys still kept as tombstones.
-    pub fn tombstone_count(&self) -> usize {
-        self.entries
-            .iter()
-            .filter(|e| !packed::is_live(e.key().version()))
-            .count()
+/// Puts `slot` in the table unless what is stored has a larger stamp.
+fn install(entries: &DashMap<Slot, ()>, slot: Slot) -> bool {
+    let Some(stamp) = packed::stamp(slot.version()) else {
+        return false;
+    };
+    match entries.entry(slot) {
+        dashmap::Entry::Occupied(current) => {
+            if packed::stamp(current.key().version()).is_some_and(|s| s >= stamp) {
+                return false;
+            }
+            // Replaces the stored key too: it carries the version.
+            current.replace_entry(());
+        }
+        dashmap::Entry::Vacant(vacant) => {
+            vacant.insert(());
+        }
     }
+    true
+}
+
+fn remove_in_batches(backend: &dyn Backend, keys: &[String]) -> Result<(), StorageError> {
+    for chunk in keys.chunks(REMOVE_BATCH_KEYS) {
+        backend.write(&Batch {
+            removes: chunk.iter().map(String::as_str).collect(),
+            ..Batch::default()
+        })?;
+    }
+    Ok(())
 }
 
 fn purgeable(version: &[u8], era: u64, upto: &VectorClock) -> bool {
@@ -456,15 +502,6 @@ impl Slot {
         // Copied into a block of the exact size: shrinking the estimate in place would leave
         // a small free fragment behind every one of a million entries.
         Self(Box::from(bytes.as_slice()))
-    }
-
-    /// A slot from a key and a packed version as read back from disk.
-    fn from_parts(key: &str, version: &[u8]) -> Self {
-        let mut bytes = Vec::with_capacity(1 + key.len() + version.len());
-        bytes.push(key.len().min(usize::from(u8::MAX)) as u8);
-        bytes.extend_from_slice(&key.as_bytes()[..usize::from(bytes[0])]);
-        bytes.extend_from_slice(version);
-        Self(bytes.into_boxed_slice())
     }
 
     fn key_len(&self) -> usize {
@@ -658,8 +695,8 @@ mod tests {
         let s2 = Store::new();
         s2.merge("k", b.clone());
         assert!(!s2.merge("k", a));
-        assert_eq!(s1.get("k"), Some(b.clone()));
-        assert_eq!(s2.get("k"), Some(b));
+        assert_eq!(s1.get("k").unwrap(), Some(b.clone()));
+        assert_eq!(s2.get("k").unwrap(), Some(b));
     }
 
     #[test]
@@ -676,13 +713,19 @@ mod tests {
             assert!(store.merge(key, entry(Some(key), i as u64 + 1, 1, i as u64 + 1)));
         }
         for key in &keys {
-            assert_eq!(store.get(key).unwrap().value.as_deref(), Some(key.as_str()));
+            assert_eq!(
+                store.get(key).unwrap().unwrap().value.as_deref(),
+                Some(key.as_str())
+            );
         }
-        assert!(store.get("ключ").is_none());
+        assert!(store.get("ключ").unwrap().is_none());
         // A newer version replaces the stored slot, key included, and the key still resolves.
         assert!(store.merge("k", entry(Some("v2"), 99, 1, 99)));
-        assert_eq!(store.get("k").unwrap().value.as_deref(), Some("v2"));
-        assert_eq!(store.len(), keys.len());
+        assert_eq!(
+            store.get("k").unwrap().unwrap().value.as_deref(),
+            Some("v2")
+        );
+        assert_eq!(store.counts().unwrap(), (keys.len(), 0));
     }
 
     #[test]
@@ -704,21 +747,32 @@ mod tests {
             .unwrap();
         let again = Store::recover(backend.clone(), |_| {}).unwrap();
         for s in [&store, &again] {
-            assert_eq!(s.get("k"), Some(new.clone()));
-            assert_eq!(s.get("j"), Some(newest.clone()));
+            assert_eq!(s.get("k").unwrap(), Some(new.clone()));
+            assert_eq!(s.get("j").unwrap(), Some(newest.clone()));
         }
         assert_eq!(backend.get_meta("state").unwrap(), Some(b"s2".to_vec()));
     }
 
     #[test]
     fn tombstones_win_over_older_values_and_do_not_count() {
-        let s = Store::new();
-        s.merge("k", entry(Some("v"), 1, 1, 1));
-        s.merge("k", entry(None, 2, 1, 2));
-        s.merge("k", entry(Some("v"), 1, 1, 1));
-        assert!(!s.is_live("k"));
-        assert_eq!(s.live_count(|_| true), 0);
-        assert_eq!(s.len(), 1);
+        for s in both_tables() {
+            for e in [
+                entry(Some("v"), 1, 1, 1),
+                entry(None, 2, 1, 2),
+                entry(Some("v"), 1, 1, 1),
+            ] {
+                s.write([("k", &e)], &[]).unwrap();
+            }
+            assert!(!s.is_live("k").unwrap());
+            assert_eq!(s.live_count(|_| true).unwrap(), 0);
+            assert_eq!(s.counts().unwrap(), (1, 1));
+        }
+    }
+
+    /// A store in memory and one in an engine (a durable node's), to run a test on both.
+    fn both_tables() -> [Store; 2] {
+        let engine = Store::recover(Arc::new(MemoryBackend::default()), |_| {}).unwrap();
+        [Store::new(), engine]
     }
 
     #[test]
@@ -734,7 +788,7 @@ mod tests {
                 &[],
             )
             .unwrap();
-        assert_eq!(store.tombstone_count(), 2);
+        assert_eq!(store.counts().unwrap(), (3, 2));
         let upto: VectorClock = [
             ("10.0.0.1:8080".parse().unwrap(), 3),
             ("10.0.0.2:8080".parse().unwrap(), 9),
@@ -742,24 +796,25 @@ mod tests {
         .into_iter()
         .collect();
         assert!(
-            store.purgeable_tombstones(1, &upto).is_empty(),
+            store.purgeable_tombstones(1, &upto).unwrap().is_empty(),
             "another era"
         );
-        let chosen = store.purgeable_tombstones(0, &upto);
+        let chosen = store.purgeable_tombstones(0, &upto).unwrap();
         assert_eq!(chosen, ["gone"]);
         // Rewritten after it was chosen: kept.
         let revived = entry(Some("back"), 5, 2, 2);
-        let other = Store::new();
-        other.merge("gone", dead.clone());
-        other.merge("gone", revived.clone());
-        assert_eq!(other.purge_tombstones(&chosen, 0, &upto).unwrap(), 0);
-        assert_eq!(other.get("gone"), Some(revived));
+        for other in both_tables() {
+            other.write([("gone", &dead)], &[]).unwrap();
+            other.write([("gone", &revived)], &[]).unwrap();
+            assert_eq!(other.purge_tombstones(&chosen, 0, &upto).unwrap(), 0);
+            assert_eq!(other.get("gone").unwrap(), Some(revived.clone()));
+        }
         assert_eq!(store.purge_tombstones(&chosen, 0, &upto).unwrap(), 1);
         let again = Store::recover(backend, |_| {}).unwrap();
         for s in [&store, &again] {
-            assert!(s.get("gone").is_none());
-            assert_eq!(s.get("kept"), Some(later_dead.clone()));
-            assert_eq!(s.get("live"), Some(live.clone()));
+            assert!(s.get("gone").unwrap().is_none());
+            assert_eq!(s.get("kept").unwrap(), Some(later_dead.clone()));
+            assert_eq!(s.get("live").unwrap(), Some(live.clone()));
         }
     }
 
@@ -806,17 +861,37 @@ mod tests {
 
     #[test]
     fn delta_lists_what_a_peer_has_not_seen() {
-        let s = Store::new();
-        s.merge("a", entry(Some("1"), 1, 1, 1));
-        s.merge("b", entry(Some("2"), 2, 1, 2));
-        s.merge("c", entry(Some("3"), 3, 2, 1));
-        let seen: VectorClock = [("10.0.0.1:8080".parse().unwrap(), 1)]
-            .into_iter()
-            .collect();
-        let mut keys: Vec<_> = s.delta(0, &seen).into_iter().map(|r| r.key).collect();
-        keys.sort();
-        assert_eq!(keys, ["b", "c"]);
-        assert!(s.delta(1, &seen).is_empty(), "other eras are not deltas");
+        for s in both_tables() {
+            let (a, b, c) = (
+                entry(Some("1"), 1, 1, 1),
+                entry(Some("2"), 2, 1, 2),
+                entry(Some("3"), 3, 2, 1),
+            );
+            s.write([("a", &a), ("b", &b), ("c", &c)], &[]).unwrap();
+            let seen: VectorClock = [("10.0.0.1:8080".parse().unwrap(), 1)]
+                .into_iter()
+                .collect();
+            let delta = s.delta(0, &seen).unwrap();
+            let mut keys: Vec<_> = delta.into_iter().map(|r| r.key).collect();
+            keys.sort();
+            assert_eq!(keys, ["b", "c"]);
+            assert!(
+                s.delta(1, &seen).unwrap().is_empty(),
+                "other eras are not deltas"
+            );
+        }
+    }
+
+    #[test]
+    fn moved_keys_are_dropped_from_both_tables() {
+        for s in both_tables() {
+            let (a, b) = (entry(Some("1"), 1, 1, 1), entry(Some("2"), 2, 1, 2));
+            s.write([("stay", &a), ("move", &b)], &[]).unwrap();
+            s.retain(|key| key == "stay").unwrap();
+            assert_eq!(s.counts().unwrap(), (1, 0));
+            assert!(s.get("move").unwrap().is_none());
+            assert_eq!(s.get("stay").unwrap(), Some(a));
+        }
     }
 
     #[test]
