@@ -149,6 +149,12 @@ def main():
             p = lat(r, "p99_ms")
             targets.append((f"{label} p99 at half peak", f"{p:.2f} ms", "<= 5 ms", p <= 5))
 
+    m = load("mem")
+    if m:
+        mb = m["rss_kb"] * 1024 / 1e6
+        targets.append((f"RSS of a node holding {m['keys'] / 1e6:.2f}M keys (durable)", f"{mb:.0f} MB",
+                        "<= 300 MB", mb <= 300))
+
     s = load("scale")
     if s:
         rss = s["rss_kb"]

@@ -11,7 +11,7 @@
 #
 # usage: bench/run.sh [--scale] [--scale-only] [--duration S] [--concurrency C]
 #                     [--open-concurrency C] [--keys N]
-#                     [--scale-keys N] [--threads T] [--no-build] [--no-nice] [--out DIR]
+#                     [--scale-keys N] [--mem-keys N] [--threads T] [--no-build] [--no-nice] [--out DIR]
 #                     [--only fixed,kvs3,kvs3-always,kvs3-memory,etcd,kvs6]   (a subset, for quick checks)
 set -euo pipefail
 
@@ -26,6 +26,7 @@ THREADS=1            # load generator threads (the machine has 2 cores in all)
 SCALE=0
 SCALE_ONLY=0
 SCALE_KEYS=2000000   # two shards: each node holds about half, i.e. 1,000,000
+MEM_KEYS=2000000     # the memory step: every node of a one-shard store holds all of them
 BUILD=1
 OUT=""
 ONLY="fixed,kvs3,kvs3-always,kvs3-memory,etcd,kvs6"
@@ -40,6 +41,7 @@ while [ $# -gt 0 ]; do
         --open-concurrency) OPEN_CONCURRENCY=$2; shift ;;
         --keys) KEYS=$2; shift ;;
         --scale-keys) SCALE_KEYS=$2; shift ;;
+        --mem-keys) MEM_KEYS=$2; shift ;;
         --threads) THREADS=$2; shift ;;
         --no-build) BUILD=0 ;;
         --no-nice) NICE_LEVEL=0 ;;
@@ -294,6 +296,37 @@ fi
 
 # ---------------------------------------------------------------- scale
 if [ $SCALE = 1 ]; then
+    # Memory: a two-node one-shard store where each node holds MEM_KEYS keys (issue 11's
+    # bound: 2,000,000 keys in at most 300 MB resident).
+    log "memory: $MEM_KEYS keys (16-byte keys, 100-byte values) held by each node of a 2-node shard"
+    begin_group
+    VM=$IP.61:8080,$IP.62:8080
+    for a in ${VM//,/ }; do start_kvs mem 1 "$VM" "$a"; done
+    "$BENCH" wait-ready --targets "$VM" --nodes 2 --timeout 60
+    timeout 1800 "${NICE[@]}" "$BENCH" load --threads 2 --targets "$VM" --spread worker --keys "$MEM_KEYS" --key-size 16 \
+        --value-size 100 --prefill --prefill-concurrency 96 --requests 0 --max-time 1500 --timeout 30 \
+        --json "$OUT/mem.prefill.json" --label mem.prefill | tee -a "$OUT/load.log"
+    MEM_WRITTEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['prefill']['ok'])" "$OUT/mem.prefill.json")
+    # Until both nodes hold every key written (replication settles), at most 60 s.
+    for _ in $(seq 60); do
+        MEM_HELD=$MEM_WRITTEN
+        for a in ${VM//,/ }; do
+            h=$(curl -s --max-time 60 "http://$a/internal/storage" |
+                python3 -c 'import json,sys; print(json.load(sys.stdin)["live"])' 2>/dev/null || echo 0)
+            [ "$h" -lt "$MEM_HELD" ] && MEM_HELD=$h
+        done
+        [ "$MEM_HELD" -ge "$MEM_WRITTEN" ] && break
+        sleep 1
+    done
+    MEM_RSS=0
+    for a in ${VM//,/ }; do
+        r=$(awk '/VmRSS/{print $2}' "/proc/${NODE_PID[$a]}/status")
+        echo "RSS $a holding $MEM_HELD keys: $r kB"
+        [ "$r" -gt "$MEM_RSS" ] && MEM_RSS=$r
+    done
+    echo "{\"keys\": $MEM_HELD, \"rss_kb\": $MEM_RSS}" >"$OUT/mem.json"
+    stop_group
+
     log "scale: $SCALE_KEYS keys (16-byte keys, 100-byte values) in a 6-node 2-shard store"
     begin_group
     VS=$IP.51:8080,$IP.52:8080,$IP.53:8080,$IP.54:8080,$IP.55:8080,$IP.56:8080
