@@ -44,6 +44,9 @@ pub const FREEZE_WAIT: Duration = Duration::from_secs(30);
 pub const QUORUM_WAIT: Duration = Duration::from_secs(5);
 /// How long a request waits for this node to learn a shard map it was told exists.
 const MAP_WAIT: Duration = Duration::from_secs(5);
+/// How long after its start a node waits for its shard peers to say how far they hold its
+/// writes before it coordinates writes without hearing from them all.
+const COUNTER_CHECK_WAIT: Duration = Duration::from_secs(3);
 /// How long a push whose next write waits on a third node's write is held by its receiver
 /// (see [`Node::receive_push`]); the pusher's own timeout is 5 s.
 const BLOCKED_HOLD: Duration = Duration::from_millis(20);
@@ -117,6 +120,10 @@ pub struct Node {
     pub(crate) acks: DashMap<NodeId, (u64, u64)>,
     /// Bumped at every acknowledgement in `acks`: what quorum writes wait on.
     acked: watch::Sender<u64>,
+    /// Whether this node's own sequence counter has been checked against its shard peers
+    /// since it started (see [`Node::await_counter_checked`]).
+    counter_checked: AtomicBool,
+    started: Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -137,6 +144,9 @@ impl Node {
     pub fn new(config: Config, membership: Membership, start: Recovered) -> Self {
         let me = config.socket_address;
         let era = start.replica.era();
+        // A node that will copy its shard anyway (new, emptied, or unsynced) learns its
+        // counter from the copy; one that issued nothing has nothing to reuse.
+        let counter_checked = !start.synced || start.replica.own_seq() == 0;
         let mut recent = RecentLog::new(era, RECENT_CAPACITY);
         // What came back from disk is not in the log: peers that lack any of it are sent to
         // a scan, as if it had been evicted.
@@ -160,6 +170,8 @@ impl Node {
             admin: tokio::sync::Mutex::new(()),
             acks: DashMap::new(),
             acked: watch::channel(0).0,
+            counter_checked: AtomicBool::new(counter_checked),
+            started: Instant::now(),
             config,
         }
     }
@@ -269,8 +281,64 @@ impl Node {
 
     /// Records that `peer` has applied this node's writes of `era` up to `applied`.
     pub fn note_ack(&self, peer: NodeId, era: u64, applied: u64) {
+        if !self.counter_checked.load(Ordering::Acquire) {
+            self.check_counter(peer, era, applied);
+        }
         self.acks.insert(peer, (era, applied));
         self.acked.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// A peer that holds more of this node's writes than this node does after a restart
+    /// means its journal lost its last writes (a damaged or truncated journal, which fjall
+    /// reads up to the damage): issuing the next sequence numbers again would give two
+    /// writes one dot, and peers would drop the new ones as duplicates. The node copies its
+    /// shard again instead, which brings those writes and the counter back, and coordinates
+    /// no write until then.
+    fn check_counter(&self, peer: NodeId, era: u64, applied: u64) {
+        let replica = lock(&self.replica);
+        if era != replica.era() || applied <= replica.own_seq() {
+            return;
+        }
+        log::warn!(
+            "{peer} holds my writes up to {applied}, my data only up to {}: my journal lost \
+             writes; copying my shard again before coordinating any write",
+            replica.own_seq()
+        );
+        self.synced.store(false, Ordering::Release);
+        self.persist_state(&replica);
+        drop(replica);
+        self.pull_wanted.notify_one();
+    }
+
+    /// Waits (bounded by [`COUNTER_CHECK_WAIT`] after start) until every shard peer has
+    /// said how far it holds this node's writes, so that a restarted node whose journal
+    /// lost writes notices before it issues their sequence numbers again (see
+    /// `check_counter`). Peers that stay silent that long are not waited for: a store whose
+    /// other members are all down still takes writes, at the (documented) risk that a
+    /// damaged journal then reuses dots.
+    async fn await_counter_checked(&self) {
+        if self.counter_checked.load(Ordering::Acquire) {
+            return;
+        }
+        let mut acked = self.acked.subscribe();
+        let until = self.started + COUNTER_CHECK_WAIT;
+        loop {
+            // Every peer, not only those gossip says are up: right after a start gossip
+            // has seen none of them yet.
+            let era = lock(&self.replica).era();
+            let answered = self
+                .shard_peers()
+                .iter()
+                .all(|p| self.acks.get(p).is_some_and(|a| a.0 == era));
+            if answered
+                || tokio::time::timeout_at(until, acked.changed())
+                    .await
+                    .is_err()
+            {
+                self.counter_checked.store(true, Ordering::Release);
+                return;
+            }
+        }
     }
 
     /// Members of this node's shard that a write must reach for `quorum`, this node
@@ -473,6 +541,7 @@ impl Node {
         deadline: Deadline,
     ) -> Result<WriteOutcome> {
         self.await_dependencies(deps, deadline).await?;
+        self.await_counter_checked().await;
         self.await_synced(deadline).await?;
         let _gate = tokio::time::timeout_at(deadline.within(FREEZE_WAIT), self.write_gate.read())
             .await
