@@ -111,12 +111,13 @@ impl Outbox {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::causal::Stamp;
     use crate::storage::Entry;
 
-    fn rec(seq: u64) -> Arc<Record> {
+    /// A record of this node's write number `seq` (for the tests of other modules too).
+    pub(crate) fn rec(seq: u64) -> Arc<Record> {
         Arc::new(Record {
             key: format!("k{seq}"),
             entry: Entry {

@@ -197,32 +197,12 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
-    use crate::causal::Stamp;
-    use crate::storage::{Entry, Record};
 
     fn batch(seqs: std::ops::RangeInclusive<u64>) -> ReplicateBatch {
-        let origin: NodeId = "10.0.0.1:8080".parse().unwrap();
-        let records = seqs
-            .map(|seq| {
-                Arc::new(Record {
-                    key: format!("k{seq}"),
-                    entry: Entry {
-                        value: Some("v".into()),
-                        stamp: Stamp {
-                            era: 0,
-                            lamport: seq,
-                            origin,
-                            seq,
-                        },
-                        metadata: String::new(),
-                    },
-                })
-            })
-            .collect();
         ReplicateBatch {
-            origin,
+            origin: "10.0.0.1:1".parse().unwrap(),
             era: 0,
-            records,
+            records: seqs.map(crate::replication::outbox::tests::rec).collect(),
         }
     }
 
