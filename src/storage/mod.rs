@@ -221,11 +221,13 @@ impl Store {
                     meta: meta.to_vec(),
                 });
                 for slot in &winners {
-                    match (&written, packed::stamp(slot.version())) {
-                        (Ok(()), Some(stamp)) => {
+                    // Every slot was packed from a stamped entry; a failed write leaves the
+                    // keys unknown (the node stops on it anyway).
+                    match packed::stamp(slot.version()).filter(|_| written.is_ok()) {
+                        Some(stamp) => {
                             stamps.put(slot.key(), stamp, packed::is_live(slot.version()))
                         }
-                        _ => stamps.forget(slot.key()),
+                        None => stamps.forget(slot.key()),
                     }
                 }
                 written
@@ -433,9 +435,8 @@ impl Store {
             }
         }
     }
-}
 
-impl Store {
+    /// Lowers the tombstone count by `removed` purged ones.
     fn purged(&self, removed: usize) {
         let _ = self
             .tombstones_at_least
