@@ -94,3 +94,42 @@ async fn a_node_alone_waits_with_503() {
         "a node that has heard from no majority of VIEW serves no keys: {b}"
     );
 }
+
+/// A node that starts while the only other member of its shard is paused has nobody to copy
+/// from: it gives the copy up once that member is down and serves with what it has within
+/// seconds (not after the copy's minute-long timeout), then catches up once the member is
+/// back. The paused member's listener still accepts connections, so the copy's request
+/// hangs rather than fails.
+#[tokio::test]
+async fn a_node_whose_only_shard_peer_is_paused_serves_within_seconds() {
+    let c = Cluster::spawn_some(2, 1, Some(1), "2019");
+    c.wait_http(0, READY_TIMEOUT).await;
+    let written = poll_until(CONVERGE_TIMEOUT, POLL_INTERVAL, || async {
+        let (s, _) = c.kv_put(0, "k", "v", "").await;
+        (s == 201).then_some(())
+    })
+    .await;
+    assert!(written.is_some(), "node 0 alone never took a write");
+    c.pause(0);
+    c.restart(1);
+    c.wait_http(1, READY_TIMEOUT).await;
+    let started = std::time::Instant::now();
+    let answer = try_request_timeout(
+        reqwest::Method::PUT,
+        &c.kv_url(1, "other"),
+        Body::Json(&serde_json::json!({"value": "w", "causal-metadata": ""})),
+        Duration::from_secs(30),
+    )
+    .await;
+    let took = started.elapsed();
+    println!("node 1, its peer paused, answered {answer:?} after {took:?}");
+    let (s, b) = answer.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s, 201, "{b}");
+    assert!(took < Duration::from_secs(8), "answered after {took:?}");
+    c.resume(0);
+    let (s, b, _) = c
+        .poll_get(1, "k", None, CONVERGE_TIMEOUT, |s, _| s == 200)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((s, b["value"].clone()), (200, Value::from("v")), "{b}");
+}

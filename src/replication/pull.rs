@@ -106,6 +106,10 @@ async fn absorb(node: &Arc<Node>, response: SyncResponse, part: CopyPart) -> boo
 
 /// How often a node copying its shard checks that the members it copies from are still up.
 const COPY_CHECK: Duration = Duration::from_secs(1);
+/// A copy is given up when, with no member left to try, every source has been down at this
+/// many checks in a row. Two, not one: a peer this node has not heard from yet (the first
+/// second after a start) counts as down too, and a slow copy from it must not be dropped.
+const COPY_GIVE_UP_CHECKS: u32 = 2;
 
 /// Makes this node whole: a full copy of its shard from one member (live members first; when
 /// every member a copy is coming from stops being up, as a paused or cut-off member soon
@@ -140,6 +144,7 @@ pub async fn full_pull(node: &Arc<Node>, grace: Duration) -> bool {
     spawn_copy(&mut copies, first);
     let mut copying_from = vec![first];
     let mut source = None;
+    let mut down_checks = 0;
     while source.is_none() {
         let hedge = match tokio::time::timeout(COPY_CHECK, copies.join_next()).await {
             Ok(Some(Ok((peer, true)))) => {
@@ -150,15 +155,24 @@ pub async fn full_pull(node: &Arc<Node>, grace: Duration) -> bool {
             // A copy failed: try the next member.
             Ok(Some(_)) => true,
             // Still copying: hedge only if every source has stopped being up.
-            Err(_) => copying_from.iter().all(|p| !node.membership.is_up(p)),
+            Err(_) => {
+                let all_down = copying_from.iter().all(|p| !node.membership.is_up(p));
+                down_checks = if all_down { down_checks + 1 } else { 0 };
+                all_down
+            }
         };
         if hedge {
             match next.next() {
                 Some(peer) => {
                     spawn_copy(&mut copies, peer);
                     copying_from.push(peer);
+                    down_checks = 0;
                 }
                 None if copies.is_empty() => break,
+                // No member left to try and every source down: a paused source would hold
+                // the copy, and this node's service, until PULL_TIMEOUT. The caller decides
+                // instead (serve alone, or copy again next round once a member is back).
+                None if down_checks >= COPY_GIVE_UP_CHECKS => break,
                 None => {}
             }
         }
@@ -190,7 +204,6 @@ pub async fn catch_up_once(
     started: Instant,
     previous: &mut HashMap<NodeId, CausalMetadata>,
 ) {
-    let up = node.membership.up_nodes();
     if !node.is_synced() {
         if node.my_shard().is_none() {
             return;
@@ -198,7 +211,8 @@ pub async fn catch_up_once(
         if node.shard_peers().is_empty() || full_pull(node, Duration::ZERO).await {
             node.mark_synced();
         } else if started.elapsed() > ALONE_GRACE
-            && node.shard_peers().iter().all(|p| !up.contains(p))
+            // Asked afresh: the copy may have taken seconds, and its source gone meanwhile.
+            && node.shard_peers().iter().all(|p| !node.membership.is_up(p))
         {
             log::warn!("no member of my shard is reachable; serving with the data I have");
             node.mark_synced();
@@ -207,6 +221,7 @@ pub async fn catch_up_once(
     }
     let mine = node.applied_summary();
     let live = node.membership.live_set();
+    let up = node.membership.up_nodes();
     let peers: Vec<NodeId> = node
         .shard_peers()
         .into_iter()
@@ -247,6 +262,10 @@ fn is_ahead(theirs: &CausalMetadata, mine: &CausalMetadata) -> bool {
 pub async fn anti_entropy(node: Arc<Node>) {
     let started = Instant::now();
     let mut previous = HashMap::new();
+    // A node that must copy its shard starts at once: it serves nothing until it has.
+    if !node.is_synced() {
+        catch_up_once(&node, true, started, &mut previous).await;
+    }
     loop {
         let eager = tokio::select! {
             _ = node.pull_wanted.notified() => true,
