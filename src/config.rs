@@ -84,6 +84,59 @@ pub struct Args {
     /// `majority` or `all`; a request's `"write-quorum"` field overrides it.
     #[arg(long, env = "KVS_WRITE_QUORUM", default_value = "1")]
     pub write_quorum: String,
+    /// The store's shared secret (at least 16 bytes), the same on every node: it keys the
+    /// causal-metadata tokens, so that a forged token or one of another store is refused.
+    #[arg(long, env = "KVS_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// A file holding the cluster secret (a mounted Docker or Kubernetes secret); its
+    /// surrounding whitespace is ignored.
+    #[arg(long, env = "KVS_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<String>,
+    /// When set, view changes, add-member and reshard require `Authorization: Bearer
+    /// <token>`; unset, they stay open as the course contract expects.
+    #[arg(long, env = "KVS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+/// The cluster secret's bytes; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSecret(Vec<u8>);
+
+impl ClusterSecret {
+    /// Shorter secrets are refused: a guessable secret protects nothing.
+    pub const MIN_BYTES: usize = 16;
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterSecret(<{} bytes>)", self.0.len())
+    }
+}
+
+/// The admin token; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Whether an `Authorization` header value presents this token, compared in constant
+    /// time so that the comparison does not reveal how much of a guess was right.
+    pub fn admits(&self, authorization: Option<&str>) -> bool {
+        let Some(presented) = authorization.and_then(|v| v.strip_prefix("Bearer ")) else {
+            return false;
+        };
+        let (a, b) = (presented.trim().as_bytes(), self.0.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<hidden>)")
+    }
 }
 
 /// When acknowledged writes are synced to the disk device.
@@ -118,6 +171,8 @@ pub struct Config {
     pub workers: usize,
     pub storage: StorageConfig,
     pub write_quorum: WriteQuorum,
+    pub cluster_secret: Option<ClusterSecret>,
+    pub admin_token: Option<AdminToken>,
 }
 
 /// A configuration error: one line naming the variable at fault.
@@ -201,7 +256,11 @@ impl Config {
             .write_quorum
             .parse()
             .map_err(|e: QuorumError| bad("KVS_WRITE_QUORUM", e.to_string()))?;
+        let cluster_secret = cluster_secret(args)?;
+        let admin_token = present(&args.admin_token).map(|t| AdminToken(t.to_owned()));
         Ok(Self {
+            cluster_secret,
+            admin_token,
             write_quorum,
             storage,
             socket_address,
@@ -215,6 +274,46 @@ impl Config {
             workers: args.workers,
         })
     }
+}
+
+/// The secret from `KVS_CLUSTER_SECRET` or the file `KVS_CLUSTER_SECRET_FILE` names.
+fn cluster_secret(args: &Args) -> Result<Option<ClusterSecret>, ConfigError> {
+    let (variable, text) = match (
+        present(&args.cluster_secret),
+        present(&args.cluster_secret_file),
+    ) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "KVS_CLUSTER_SECRET",
+                "set it or KVS_CLUSTER_SECRET_FILE, not both",
+            ))
+        }
+        (Some(secret), None) => ("KVS_CLUSTER_SECRET", secret.to_owned()),
+        (None, Some(path)) => (
+            "KVS_CLUSTER_SECRET_FILE",
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    bad(
+                        "KVS_CLUSTER_SECRET_FILE",
+                        format!("cannot read {path}: {e}"),
+                    )
+                })?
+                .trim()
+                .to_owned(),
+        ),
+    };
+    if text.len() < ClusterSecret::MIN_BYTES {
+        return Err(bad(
+            variable,
+            format!(
+                "a secret of {} bytes is too short (at least {}; `openssl rand -hex 32` makes one)",
+                text.len(),
+                ClusterSecret::MIN_BYTES
+            ),
+        ));
+    }
+    Ok(Some(ClusterSecret(text.into_bytes())))
 }
 
 fn storage_config(args: &Args, me: NodeId) -> Result<StorageConfig, ConfigError> {
@@ -297,7 +396,52 @@ mod tests {
             cache_mb: 64,
             memtable_mb: 32,
             write_quorum: "1".into(),
+            cluster_secret: None,
+            cluster_secret_file: None,
+            admin_token: None,
         }
+    }
+
+    #[test]
+    fn the_cluster_secret_comes_from_the_variable_or_a_file_never_both() {
+        let mut a = args(Some("10.10.0.2:8080"), Some(VIEW), Some("2"));
+        assert_eq!(Config::from_args(&a).unwrap().cluster_secret, None);
+        a.cluster_secret = Some("0123456789abcdef0123".into());
+        let secret = Config::from_args(&a).unwrap().cluster_secret.unwrap();
+        assert_eq!(secret.as_bytes(), b"0123456789abcdef0123");
+        assert!(!format!("{secret:?}").contains("0123"), "printed");
+        let file = std::env::temp_dir().join(format!("kvs-secret-{}", std::process::id()));
+        std::fs::write(&file, "  fedcba9876543210fedc\n").unwrap();
+        a.cluster_secret_file = Some(file.display().to_string());
+        let err = Config::from_args(&a).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
+        a.cluster_secret = None;
+        let secret = Config::from_args(&a).unwrap().cluster_secret.unwrap();
+        assert_eq!(secret.as_bytes(), b"fedcba9876543210fedc");
+        std::fs::remove_file(&file).unwrap();
+        let err = Config::from_args(&a).unwrap_err().to_string();
+        assert!(
+            err.starts_with("KVS_CLUSTER_SECRET_FILE: cannot read"),
+            "{err}"
+        );
+        a.cluster_secret_file = None;
+        a.cluster_secret = Some("short".into());
+        let err = Config::from_args(&a).unwrap_err().to_string();
+        assert!(err.contains("too short"), "{err}");
+    }
+
+    #[test]
+    fn the_admin_token_is_presented_as_a_bearer_token() {
+        let mut a = args(Some("10.10.0.2:8080"), Some(VIEW), Some("2"));
+        assert!(Config::from_args(&a).unwrap().admin_token.is_none());
+        a.admin_token = Some("s3cret-token".into());
+        let token = Config::from_args(&a).unwrap().admin_token.unwrap();
+        assert!(token.admits(Some("Bearer s3cret-token")));
+        assert!(!token.admits(Some("Bearer s3cret-tokeN")));
+        assert!(!token.admits(Some("Bearer s3cret")));
+        assert!(!token.admits(Some("s3cret-token")));
+        assert!(!token.admits(None));
+        assert!(!format!("{token:?}").contains("s3cret"));
     }
 
     #[test]

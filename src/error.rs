@@ -38,6 +38,9 @@ pub enum KvsError {
     /// Another administrative change is under way, or won a race with this one.
     #[error("{0}")]
     Conflict(String),
+    /// An administrative change without the store's admin token (`KVS_ADMIN_TOKEN`).
+    #[error("Admin token required: send Authorization: Bearer <token>")]
+    AdminTokenRequired,
     /// The key belongs to another shard under this node's map: forward the request there.
     #[error("Key belongs to shard {0}")]
     NotOwner(ShardId),

@@ -5,8 +5,8 @@
 //! - [`http`] parses and validates it against the contract, then asks [`node::Node::route`]
 //!   where the key lives. Keys map to shards by rendezvous hashing over the [`shard`] map.
 //! - A key of another shard is forwarded to a live member of that shard over the [`relay`]
-//!   channel (or HTTP, [`peer`], until the member's relay port is known), and its answer is
-//!   passed back unchanged.
+//!   channel (its port learnt by gossip), and its answer is passed back unchanged. Internal
+//!   calls between nodes (replication, pulls, map changes) go over HTTP with [`peer`].
 //! - A key of this node's shard is served by [`node`]: it first waits until the writes the
 //!   client's causal metadata depends on are applied here ([`causal`]), or relays the request
 //!   to the node that issued the client's token, which has them; then it reads or writes
@@ -44,6 +44,7 @@ pub type NodeId = std::net::SocketAddr;
 
 /// Runs a node until its HTTP server stops or the process is told to stop.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    announce_secrets(&config);
     let initial = match config.shard_count {
         Some(count) => shard::ShardMap::initial(&config.view, count)?,
         None => shard::ShardMap::none(),
@@ -93,6 +94,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         backend.sync()?;
     }
     Ok(())
+}
+
+/// Keys the causal-metadata tokens with the cluster secret, and says once what is open.
+fn announce_secrets(config: &Config) {
+    match &config.cluster_secret {
+        Some(secret) => {
+            causal::key_tokens_with(secret.as_bytes());
+            log::info!("causal-metadata tokens are keyed with the cluster secret");
+            log::warn!(
+                "this version does not yet authenticate node-to-node traffic: keep the nodes' \
+                 relay, gossip and internal endpoints on a private network"
+            );
+        }
+        None => log::warn!(
+            "KVS_CLUSTER_SECRET is not set: anyone who reaches this node's ports can act as a \
+             node, and causal-metadata tokens are checksummed, not authenticated"
+        ),
+    }
+    if config.admin_token.is_none() {
+        log::info!("KVS_ADMIN_TOKEN is not set: view changes, add-member and reshard are open");
+    }
 }
 
 /// The node's data and state: read back from its data directory, or new (`--in-memory`).

@@ -212,6 +212,21 @@ impl Membership {
         self.live.borrow().nodes.get(node)?.relay_address(node)
     }
 
+    /// [`Self::relay_address`], waiting until `until` for the node's gossip to say it (the
+    /// first second after this node or that one started).
+    pub async fn await_relay_address(&self, node: &NodeId, until: Instant) -> Option<NodeId> {
+        if let Some(address) = self.relay_address(node) {
+            return Some(address);
+        }
+        let mut live = self.live.clone();
+        let known = live.wait_for(|l| l.nodes.get(node).is_some_and(|s| s.relay_port.is_some()));
+        tokio::time::timeout_at(until.into(), known)
+            .await
+            .ok()?
+            .ok()?;
+        self.relay_address(node)
+    }
+
     /// The view as the view endpoints report it.
     pub fn view(&self) -> BTreeSet<NodeId> {
         let mut admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());

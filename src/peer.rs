@@ -1,7 +1,8 @@
-//! The HTTP client every node uses to talk to its peers: internal RPCs and request forwarding.
+//! The HTTP client every node uses for internal RPCs to its peers (client requests are
+//! forwarded over the [`crate::relay`] channel).
 //!
-//! One `reqwest` client keeps pooled keep-alive connections per peer, so forwarding and
-//! replication never pay a TCP handshake per request. Every call has a timeout.
+//! One `reqwest` client keeps pooled keep-alive connections per peer, so internal calls never
+//! pay a TCP handshake each. Every call has a timeout.
 
 use std::time::Duration;
 
@@ -11,22 +12,11 @@ use serde::Serialize;
 
 use crate::NodeId;
 
-/// A header marking requests between nodes, with the number of hops so far.
-pub const FORWARDED_HEADER: &str = "x-kvs-hops";
 /// Forwarding stops after this many hops (maps in flux can bounce a request once or twice).
 pub const MAX_HOPS: u32 = 4;
-/// A header carrying the forwarding node's map epoch, so that a receiver with an older map
-/// waits to learn the newer one instead of bouncing the request back.
-pub const EPOCH_HEADER: &str = "x-kvs-epoch";
-/// A header carrying how long the forwarding node waits for the answer, in milliseconds
-/// ([`crate::budget`]).
-pub const BUDGET_HEADER: &str = "x-kvs-budget-ms";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    /// No connection could be made: the request never left this node.
-    #[error("{peer} not reached: {reason}")]
-    NotConnected { peer: NodeId, reason: String },
     /// The exchange failed, possibly after the peer received the request.
     #[error("{peer} unreachable: {reason}")]
     Unreachable { peer: NodeId, reason: String },
@@ -36,19 +26,6 @@ pub enum PeerError {
         status: u16,
         body: String,
     },
-}
-
-/// A client's request on its way to another node.
-#[derive(Debug, Clone)]
-pub struct Relayed {
-    pub method: reqwest::Method,
-    pub path_and_query: String,
-    pub body: Bytes,
-    pub budget_ms: u32,
-    /// Hops including the one about to be made.
-    pub hops: u32,
-    /// The forwarding node's map epoch.
-    pub epoch: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -114,7 +91,6 @@ impl Peers {
         let response = self
             .client
             .post(format!("http://{peer}{path}"))
-            .header(FORWARDED_HEADER, "1")
             .json(body)
             .timeout(timeout)
             .send()
@@ -130,40 +106,5 @@ impl Peers {
             });
         }
         Ok(bytes)
-    }
-
-    /// Sends a client's request on to `peer` unchanged and returns its status and body.
-    pub async fn relay(
-        &self,
-        peer: NodeId,
-        request: &Relayed,
-        timeout: Duration,
-    ) -> Result<(u16, Bytes), PeerError> {
-        let unreachable = |e: reqwest::Error| {
-            let reason = e.to_string();
-            if e.is_connect() {
-                PeerError::NotConnected { peer, reason }
-            } else {
-                PeerError::Unreachable { peer, reason }
-            }
-        };
-        let response = self
-            .client
-            .request(
-                request.method.clone(),
-                format!("http://{peer}{}", request.path_and_query),
-            )
-            .header(FORWARDED_HEADER, request.hops.to_string())
-            .header(EPOCH_HEADER, request.epoch.to_string())
-            .header(BUDGET_HEADER, request.budget_ms.to_string())
-            .header("content-type", "application/json")
-            .body(request.body.clone())
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(unreachable)?;
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(unreachable)?;
-        Ok((status, bytes))
     }
 }

@@ -5,6 +5,8 @@ mod common;
 
 use common::*;
 use kvs::causal::CausalMetadata;
+use kvs::http::reply::Op;
+use kvs::relay::Call;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -147,10 +149,20 @@ async fn one_paused_owner_costs_seconds_not_the_request() {
 }
 
 /// An owner given a small budget by its forwarder answers its own 503 within it, though its
-/// own wait for dependencies is longer.
+/// own wait for dependencies is longer. The budget travels on the relay channel (nodes
+/// forward nothing over HTTP), so the test speaks it as a forwarding node would.
 #[tokio::test]
 async fn an_owner_answers_its_own_503_within_the_budget_it_was_given() {
-    let c = Cluster::start(2, Some(1), FMT).await;
+    let mut c = Cluster::spawn_some(2, 0, Some(1), FMT);
+    let relay_port = c.free_port_of(0);
+    c.set_env(0, &[("KVS_RELAY_PORT", &relay_port.to_string())]);
+    for i in 0..2 {
+        c.restart(i);
+    }
+    let all = c.addrs();
+    for i in 0..2 {
+        c.wait_view(i, &all, READY_TIMEOUT).await;
+    }
     let (s, b) = c.kv_put(0, "k", "v", "").await;
     assert_eq!(s, 201, "{b}");
     // A dependency no node will ever have: node 1's write number one million.
@@ -159,25 +171,65 @@ async fn an_owner_answers_its_own_503_within_the_budget_it_was_given() {
         .set(std::net::SocketAddr::V4(c.addr(1)), 1_000_000);
     deps.issuer = None;
     let body = json!({"causal-metadata": deps.encode()}).to_string();
+    let call = Call {
+        id: 0,
+        origin: 0,
+        attempt: 0,
+        op: Op::Get,
+        hops: 1,
+        epoch: 0,
+        budget_ms: 1500,
+        path: "/key-value-store/k".into(),
+        body: body.into(),
+    };
+    let relay = std::net::SocketAddr::new((*c.addr(0).ip()).into(), relay_port);
+    let started = Instant::now();
+    let answer = kvs::relay::Client::new()
+        .call(relay, call, CLIENT_TIMEOUT)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&answer.body);
+    println!(
+        "owner with a 1.5 s budget answered {} after {took:?}: {text}",
+        answer.status
+    );
+    assert_eq!(answer.status, 503, "{text}");
+    assert!(text.contains("Causal dependencies not satisfied"), "{text}");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_millis(3000),
+        "answered after {took:?}"
+    );
+}
+
+/// The headers nodes once forwarded with over HTTP mean nothing from a client: a read that
+/// claims nine hops, a one-millisecond budget and a far future map is forwarded and
+/// answered like any other, neither refused nor held.
+#[tokio::test]
+async fn node_headers_from_a_client_change_nothing() {
+    let c = Cluster::start(4, Some(2), FMT).await;
+    let (_, owners, cm) = place(&c, "header-key").await;
+    let forwarder = (0..c.len()).find(|i| !owners.contains(i)).unwrap();
     let started = Instant::now();
     let answer = reqwest::Client::new()
-        .get(c.kv_url(0, "k"))
-        .header("x-kvs-hops", "1")
-        .header("x-kvs-budget-ms", "1500")
+        .get(c.kv_url(forwarder, "header-key"))
+        .header("x-kvs-hops", "9")
+        .header("x-kvs-budget-ms", "1")
+        .header("x-kvs-epoch", "999999")
         .header("content-type", "application/json")
-        .body(body)
+        .body(json!({"causal-metadata": cm}).to_string())
         .timeout(CLIENT_TIMEOUT)
         .send()
         .await
         .unwrap();
     let took = started.elapsed();
     let status = answer.status().as_u16();
-    let text = answer.text().await.unwrap();
-    println!("owner with a 1.5 s budget answered {status} after {took:?}: {text}");
-    assert_eq!(status, 503, "{text}");
-    assert!(text.contains("Causal dependencies not satisfied"), "{text}");
-    assert!(
-        took >= Duration::from_millis(1400) && took < Duration::from_millis(3000),
-        "answered after {took:?}"
+    let body: Value = answer.json().await.unwrap();
+    println!("a read with forged node headers: {status} after {took:?}: {body}");
+    assert_eq!(
+        (status, body["value"].clone()),
+        (200, json!("v1")),
+        "{body}"
     );
+    assert!(took < Duration::from_secs(3), "held for {took:?}");
 }

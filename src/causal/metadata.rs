@@ -2,10 +2,20 @@
 //!
 //! A token is `base64url(payload ‖ checksum)` where the payload is a version byte, the era,
 //! the vector clock as (address, counter) pairs in ascending address order, and (version 2)
-//! the address of the node that issued the token. The checksum is a
-//! keyed xxh3 of the payload: it is not a cryptographic signature, but it makes any string the
-//! store did not issue (a typo, a truncation, a token of another system) fail to decode, so the
-//! store can answer "Invalid causal metadata" instead of waiting on invented dependencies.
+//! the address of the node that issued the token. The tag is 8 bytes:
+//!
+//! - with a cluster secret (`KVS_CLUSTER_SECRET`), a BLAKE3 MAC of the payload keyed with a
+//!   key derived from the secret: nobody without the secret can mint a token the store
+//!   accepts, and a token of another store is refused, both as 400 "Invalid causal
+//!   metadata". 64 bits, because every guess costs the forger a request;
+//! - without one, an xxh3 checksum with a public seed: not a signature, but any string the
+//!   store did not issue (a typo, a truncation, a token of another system) fails to decode,
+//!   so the store answers "Invalid causal metadata" instead of waiting on invented
+//!   dependencies.
+//!
+//! The key is process-wide ([`key_tokens_with`], once at start): tokens are decoded deep in
+//! the request path and in gossip, and a store has one secret for its whole life (changing
+//! it invalidates every token clients hold and every one stored with a value).
 //! The size is bounded by the number of nodes named, never by keys or writes.
 
 use std::net::SocketAddr;
@@ -21,9 +31,62 @@ use crate::NodeId;
 const FORMAT_VERSION: u8 = 1;
 const FORMAT_WITH_ISSUER: u8 = 2;
 const CHECKSUM_SEED: u64 = 0x6b76_735f_6361_7573; // "kvs_caus"
-const CHECKSUM_LEN: usize = 8;
+const TAG_LEN: usize = 8;
 /// A clock naming more nodes than this was not issued by any sane store.
 const MAX_ENTRIES: u64 = 4096;
+
+/// How tokens are tagged: see the module's documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKey {
+    /// No cluster secret: a public checksum.
+    Checksum,
+    /// A key derived from the cluster secret.
+    Keyed([u8; 32]),
+}
+
+/// Fixes the tokens' key for this process: BLAKE3's key derivation with a context string
+/// of its own, so that the secret's other uses never share this key.
+pub fn key_tokens_with(secret: &[u8]) -> bool {
+    TOKEN_KEY
+        .set(TokenKey::Keyed(blake3::derive_key(
+            "kvs 2026-12-01 causal-metadata token tag",
+            secret,
+        )))
+        .is_ok()
+}
+
+static TOKEN_KEY: std::sync::OnceLock<TokenKey> = std::sync::OnceLock::new();
+
+fn process_key() -> TokenKey {
+    TOKEN_KEY.get().copied().unwrap_or(TokenKey::Checksum)
+}
+
+impl TokenKey {
+    fn tag(&self, payload: &[u8]) -> [u8; TAG_LEN] {
+        match self {
+            TokenKey::Checksum => {
+                xxhash_rust::xxh3::xxh3_64_with_seed(payload, CHECKSUM_SEED).to_le_bytes()
+            }
+            TokenKey::Keyed(key) => {
+                let mac = blake3::keyed_hash(key, payload);
+                let mut tag = [0; TAG_LEN];
+                tag.copy_from_slice(&mac.as_bytes()[..TAG_LEN]);
+                tag
+            }
+        }
+    }
+
+    /// Whether `tag` is the payload's, compared in constant time.
+    fn verifies(&self, payload: &[u8], tag: &[u8]) -> bool {
+        let expected = self.tag(payload);
+        tag.len() == TAG_LEN
+            && expected
+                .iter()
+                .zip(tag)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
 
 /// What a client depends on: every write covered by `clock` in reshard era `era`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,18 +128,22 @@ impl CausalMetadata {
 
     /// Parses a client's token; `""` means "no dependencies".
     pub fn decode(token: &str) -> Result<Self, InvalidMetadata> {
+        Self::decode_with(token, process_key())
+    }
+
+    /// [`Self::decode`] under `key`.
+    pub fn decode_with(token: &str, key: TokenKey) -> Result<Self, InvalidMetadata> {
         if token.is_empty() {
             return Ok(Self::default());
         }
         let bytes = URL_SAFE_NO_PAD
             .decode(token.as_bytes())
             .map_err(|_| InvalidMetadata)?;
-        if bytes.len() < 1 + CHECKSUM_LEN {
+        if bytes.len() < 1 + TAG_LEN {
             return Err(InvalidMetadata);
         }
-        let (payload, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
-        let expected = xxhash_rust::xxh3::xxh3_64_with_seed(payload, CHECKSUM_SEED).to_le_bytes();
-        if checksum != expected {
+        let (payload, tag) = bytes.split_at(bytes.len() - TAG_LEN);
+        if !key.verifies(payload, tag) {
             return Err(InvalidMetadata);
         }
         Reader::new(payload).metadata()
@@ -105,6 +172,11 @@ impl CausalMetadata {
     }
 
     pub fn encode(&self) -> String {
+        self.encode_with(process_key())
+    }
+
+    /// [`Self::encode`] under `key`.
+    pub fn encode_with(&self, key: TokenKey) -> String {
         let mut out = Vec::with_capacity(24 + self.clock.len() * 10);
         out.push(match self.issuer {
             None => FORMAT_VERSION,
@@ -119,8 +191,8 @@ impl CausalMetadata {
         if let Some(issuer) = &self.issuer {
             put_addr(&mut out, issuer);
         }
-        let checksum = xxhash_rust::xxh3::xxh3_64_with_seed(&out, CHECKSUM_SEED);
-        out.extend_from_slice(&checksum.to_le_bytes());
+        let tag = key.tag(&out);
+        out.extend_from_slice(&tag);
         URL_SAFE_NO_PAD.encode(out)
     }
 }
@@ -251,6 +323,23 @@ mod tests {
         let mut longer = URL_SAFE_NO_PAD.decode(&token).unwrap();
         longer.push(0);
         assert!(CausalMetadata::decode(&URL_SAFE_NO_PAD.encode(&longer)).is_err());
+    }
+
+    #[test]
+    fn a_keyed_token_is_refused_without_its_key_and_by_another_store() {
+        let secret = blake3::derive_key("test", b"store one");
+        let other = blake3::derive_key("test", b"store two");
+        let (one, two) = (TokenKey::Keyed(secret), TokenKey::Keyed(other));
+        let m = sample();
+        let token = m.encode_with(one);
+        assert_eq!(CausalMetadata::decode_with(&token, one), Ok(m.clone()));
+        assert!(CausalMetadata::decode_with(&token, two).is_err());
+        assert!(CausalMetadata::decode_with(&token, TokenKey::Checksum).is_err());
+        // A token minted with the public checksum, as an outsider can, is refused too.
+        let forged = m.encode_with(TokenKey::Checksum);
+        assert!(CausalMetadata::decode_with(&forged, one).is_err());
+        // The tag has the checksum's length: tokens are no longer with a secret.
+        assert_eq!(token.len(), forged.len());
     }
 
     #[test]

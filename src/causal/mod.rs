@@ -6,5 +6,5 @@ mod metadata;
 mod replica;
 
 pub use clock::VectorClock;
-pub use metadata::{CausalMetadata, InvalidMetadata};
+pub use metadata::{key_tokens_with, CausalMetadata, InvalidMetadata, TokenKey};
 pub use replica::{Admission, Readiness, Replica, Stamp};

@@ -10,12 +10,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::reply::{self, Op};
-use super::{hops, json_object, read_body, BODY_LIMIT};
+use super::{json_object, read_body, BODY_LIMIT};
 use crate::budget::Deadline;
 use crate::causal::CausalMetadata;
 use crate::error::KvsError;
 use crate::node::{Node, Route};
-use crate::peer::{PeerError, Relayed as HttpRelayed, BUDGET_HEADER, EPOCH_HEADER, MAX_HOPS};
+use crate::peer::MAX_HOPS;
 use crate::relay::{Call, RelayError};
 use crate::replication::quorum::WriteQuorum;
 use crate::NodeId;
@@ -135,22 +135,12 @@ pub async fn handle(
     let Ok(body) = read_body(payload).await else {
         return reply::too_large(op.name(), BODY_LIMIT);
     };
-    let header = |name| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-    };
-    let hops = hops(&req);
+    // Every HTTP request is a client's: nodes forward over the relay channel only, so no
+    // header can make a request skip forwarding or shorten its wait.
     let arrival = Arrival {
-        hops,
-        sender_epoch: header(EPOCH_HEADER).unwrap_or(0),
-        deadline: match hops {
-            0 => Deadline::for_client(),
-            _ => Deadline::from_budget_ms(
-                header(BUDGET_HEADER).map_or(0, |ms: u64| u32::try_from(ms).unwrap_or(u32::MAX)),
-            ),
-        },
+        hops: 0,
+        sender_epoch: 0,
+        deadline: Deadline::for_client(),
     };
     let path = req
         .uri()
@@ -375,6 +365,10 @@ enum Undelivered {
     Unknown,
 }
 
+/// How long a request waits for gossip to tell a member's relay port (a node that just
+/// started, or a member that just did), before trying the next member.
+const RELAY_ADDRESS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How often one write is sent to its owner: again only when a connection died with it on
 /// it, and each attempt is bounded by the request's deadline as well.
 const MAX_WRITE_ATTEMPTS: u8 = 4;
@@ -414,16 +408,16 @@ async fn relay_once(
         return Err(Undelivered::NotSent);
     };
     let epoch = node.map().epoch;
-    let Some(relay_address) = node.membership.relay_address(&member) else {
-        return relay_over_http(node, request, member, epoch, budget_ms)
-            .await
-            .map_err(|e| {
-                log::debug!("forwarding to {member} failed: {e}");
-                match e {
-                    PeerError::Unreachable { .. } => Undelivered::Unknown,
-                    _ => Undelivered::NotSent,
-                }
-            });
+    // Nodes forward only over the relay channel, whose port gossip tells: a client's HTTP
+    // request is always a client's, whatever headers it sends.
+    let learnt_by = request.deadline.within(RELAY_ADDRESS_WAIT);
+    let Some(relay_address) = node
+        .membership
+        .await_relay_address(&member, learnt_by.into_std())
+        .await
+    else {
+        log::debug!("forwarding to {member}: its relay port is not known yet");
+        return Err(Undelivered::NotSent);
     };
     let mut call = Call {
         id: node.relay.next_id(),
@@ -463,32 +457,6 @@ async fn relay_once(
             }
         }
     }
-}
-
-/// Relays over HTTP, to a member whose relay port this node has not learnt yet.
-async fn relay_over_http(
-    node: &Node,
-    request: &Relayed<'_>,
-    member: NodeId,
-    epoch: u64,
-    budget_ms: u32,
-) -> Result<KvAnswer, PeerError> {
-    let method = match request.op {
-        Op::Get => reqwest::Method::GET,
-        Op::Put => reqwest::Method::PUT,
-        Op::Delete => reqwest::Method::DELETE,
-    };
-    let relayed = HttpRelayed {
-        method,
-        path_and_query: request.path_and_query.to_owned(),
-        body: request.body.clone(),
-        budget_ms,
-        hops: request.hops + 1,
-        epoch,
-    };
-    let timeout = request.deadline.remaining();
-    let (status, body) = node.peers.relay(member, &relayed, timeout).await?;
-    Ok(KvAnswer::relayed(status, body))
 }
 
 #[cfg(test)]

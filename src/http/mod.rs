@@ -10,13 +10,12 @@ mod view;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpRequest, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use serde_json::{Map, Value};
 
 use crate::node::Node;
-use crate::peer::FORWARDED_HEADER;
 
 pub use kv::relay_handler;
 
@@ -68,13 +67,23 @@ pub async fn read_body(mut payload: web::Payload) -> Result<Bytes, ()> {
     Ok(body.freeze())
 }
 
-/// How many nodes a request has passed through (0 for a client's).
-pub fn hops(req: &HttpRequest) -> u32 {
-    req.headers()
-        .get(FORWARDED_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+/// Refuses an administrative change (view, add-member, reshard) that does not present the
+/// store's admin token, when one is set: 401 with the contract's error body.
+pub fn refuse_unless_admin(req: &HttpRequest, node: &Node, op: reply::Op) -> Option<HttpResponse> {
+    let token = node.config.admin_token.as_ref()?;
+    let presented = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if token.admits(presented) {
+        return None;
+    }
+    let mut refused = reply::error(op, &crate::error::KvsError::AdminTokenRequired);
+    refused.headers_mut().insert(
+        actix_web::http::header::WWW_AUTHENTICATE,
+        actix_web::http::header::HeaderValue::from_static("Bearer"),
+    );
+    Some(refused)
 }
 
 /// Parses a body as a JSON object; an empty body is an empty object.

@@ -53,6 +53,7 @@ fn status_of(error: &KvsError) -> StatusCode {
         | KvsError::BadRequest(_)
         | KvsError::NotEnoughNodes => StatusCode::BAD_REQUEST,
         KvsError::Conflict(_) => StatusCode::CONFLICT,
+        KvsError::AdminTokenRequired => StatusCode::UNAUTHORIZED,
         KvsError::Unavailable
         | KvsError::WriteFateUnknown
         | KvsError::DependenciesMissing

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::reply::{self, Op};
 use super::view::socket_address;
-use super::{json_object, read_body, BODY_LIMIT};
+use super::{json_object, read_body, refuse_unless_admin, BODY_LIMIT};
 use crate::admin;
 use crate::error::KvsError;
 use crate::node::Node;
@@ -139,10 +139,14 @@ pub async fn count_keys(node: &Node, shard: ShardId) -> Result<usize, KvsError> 
 }
 
 async fn add_member(
+    req: HttpRequest,
     node: web::Data<Arc<Node>>,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> HttpResponse {
+    if let Some(refused) = refuse_unless_admin(&req, &node, Op::Put) {
+        return refused;
+    }
     let Ok(body) = read_body(payload).await else {
         return reply::too_large("PUT", BODY_LIMIT);
     };
@@ -176,7 +180,14 @@ pub fn shard_count(body: &[u8]) -> Result<u32, KvsError> {
     }
 }
 
-async fn reshard(node: web::Data<Arc<Node>>, payload: web::Payload) -> HttpResponse {
+async fn reshard(
+    req: HttpRequest,
+    node: web::Data<Arc<Node>>,
+    payload: web::Payload,
+) -> HttpResponse {
+    if let Some(refused) = refuse_unless_admin(&req, &node, Op::Put) {
+        return refused;
+    }
     let Ok(body) = read_body(payload).await else {
         return reply::too_large("PUT", BODY_LIMIT);
     };

@@ -7,7 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::reply::{self, Op};
-use super::{hops, json_object, read_body, BODY_LIMIT};
+use super::{json_object, read_body, refuse_unless_admin, BODY_LIMIT};
 use crate::error::KvsError;
 use crate::node::Node;
 use crate::replication::protocol::{Done as OkReply, ViewChange, PATH_VIEW};
@@ -47,6 +47,9 @@ pub async fn handle(
             "view": view.join(","),
         }));
     }
+    if let Some(refused) = refuse_unless_admin(&req, &node, op) {
+        return refused;
+    }
     let Ok(body) = read_body(payload).await else {
         return reply::too_large(op.name(), BODY_LIMIT);
     };
@@ -63,9 +66,8 @@ pub async fn handle(
     if let Err(e) = result {
         return reply::error(op, &e);
     }
-    if hops(&req) == 0 {
-        tokio::spawn(relay_change(node.get_ref().clone(), add, address));
-    }
+    // Nodes tell each other over the internal endpoint: this request is a client's.
+    tokio::spawn(relay_change(node.get_ref().clone(), add, address));
     if add {
         reply::json(
             StatusCode::CREATED,

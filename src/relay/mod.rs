@@ -7,8 +7,9 @@
 //! The owner serves a relayed request exactly as an HTTP one ([`crate::http`] supplies the
 //! handler), so the client gets the same answer either way.
 //!
-//! Every node listens on its own relay port and advertises it by gossip; a node whose port
-//! is not known yet is reached over HTTP instead.
+//! Every node listens on its own relay port and advertises it by gossip; a request waits
+//! (briefly) for a member's port to be known. Forwarding never uses HTTP, so a node treats
+//! every HTTP request as a client's, whatever headers it carries.
 
 pub mod client;
 pub mod frame;

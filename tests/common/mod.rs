@@ -227,6 +227,39 @@ impl Cluster {
         cluster
     }
 
+    /// [`Cluster::start`] with `env` added to every node's environment.
+    pub async fn start_with_env(
+        n: usize,
+        shard_count: Option<u32>,
+        api_format: &str,
+        env: &[(&str, &str)],
+    ) -> Cluster {
+        let mut cluster = Cluster::spawn_some(n, 0, shard_count, api_format);
+        for i in 0..n {
+            cluster.set_env(i, env);
+            cluster.nodes[i].spawn();
+        }
+        let all = cluster.addrs();
+        for i in 0..n {
+            cluster.wait_view(i, &all, READY_TIMEOUT).await;
+        }
+        cluster
+    }
+
+    /// Adds (or replaces) variables of node i's environment, used from its next start.
+    pub fn set_env(&mut self, i: usize, env: &[(&str, &str)]) {
+        let vars = &mut self.nodes[i].env;
+        for (name, value) in env {
+            vars.retain(|(n, _)| n != name);
+            vars.push((name.to_string(), value.to_string()));
+        }
+    }
+
+    /// A port free on node i's address (each node has an address of its own).
+    pub fn free_port_of(&self, i: usize) -> u16 {
+        free_port(*self.addr(i).ip())
+    }
+
     /// Starts the processes without waiting for readiness.
     pub fn spawn(n: usize, shard_count: Option<u32>, api_format: &str) -> Cluster {
         Self::spawn_some(n, n, shard_count, api_format)
