@@ -54,6 +54,9 @@ Environment (defaults in brackets), also read by clean.sh:
   KVS_RUST_LOG   RUST_LOG given to every node (unset: the node's default)
 
 Every node keeps its data on a named volume, <network>-<name>-data, mounted at /data.
+The store's cluster secret (KVS_CLUSTER_SECRET_FILE, docs/security.md) is generated once
+per store into the volume <network>-secret, mounted read-only at /run/kvs in every node;
+--keep-data and --only-add-node reuse it.
 Everything created carries the label kvs.store=<network>; clean.sh removes exactly that.
 EOF
 }
@@ -223,6 +226,25 @@ ensure_volume() {
         || docker volume create --label "$LABEL" "$volume" >/dev/null
 }
 
+SECRET_VOLUME="${NETWORK}-secret"
+
+# One secret per store: 32 random bytes as hex, written once into a volume of its own (the
+# image has no shell, so a created, never started container carries it there). A store
+# started again on its volumes keeps it, and with it the tokens its clients hold.
+ensure_secret() {
+    docker volume inspect "$SECRET_VOLUME" >/dev/null 2>&1 && return 0
+    log "generating the store's cluster secret (volume $SECRET_VOLUME)"
+    docker volume create --label "$LABEL" "$SECRET_VOLUME" >/dev/null
+    local tmp holder
+    tmp="$(mktemp -d)"
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$tmp/secret"
+    chmod 0444 "$tmp/secret"
+    holder="$(docker create --label "$LABEL" -v "$SECRET_VOLUME:/run/kvs" "$IMAGE")"
+    docker cp "$tmp/secret" "$holder:/run/kvs/secret" >/dev/null
+    docker rm "$holder" >/dev/null
+    rm -rf "$tmp"
+}
+
 check_name_free() {
     local name="$1"
     if docker container inspect "$name" >/dev/null 2>&1; then
@@ -252,11 +274,14 @@ start_node() {
     env_args+=(-e "SOCKET_ADDRESS=$(node_addr "$i")" -e "VIEW=$view" -e "API_FORMAT=$FORMAT")
     (( with_shards && WITH_SHARD_COUNT )) && env_args+=(-e "SHARD_COUNT=$SHARDS")
     [[ -n "$RUST_LOG_VALUE" ]] && env_args+=(-e "RUST_LOG=$RUST_LOG_VALUE")
+    env_args+=(-e "KVS_CLUSTER_SECRET_FILE=/run/kvs/secret")
     ensure_volume "$i"
+    ensure_secret
     docker run -d --name "$name" --hostname "$name" \
         --label "$LABEL" --label "kvs.node=$i" \
         --network "$NETWORK" --ip "$(node_ip "$i")" \
         -v "$(volume_name "$i"):/data" \
+        -v "$SECRET_VOLUME:/run/kvs:ro" \
         -p "${HOST_IP}:$(host_port "$i"):${NODE_PORT}/tcp" \
         "${env_args[@]}" "$IMAGE" >/dev/null \
         || die "could not start $name (port $(host_port "$i") or address $(node_ip "$i") in use? ./clean.sh removes an old store)"

@@ -41,7 +41,7 @@ impl LiveSet {
     /// The applied clock `node` advertises by gossip, if it is live and its token decodes.
     pub fn applied_of(&self, node: &NodeId) -> Option<CausalMetadata> {
         let token = self.nodes.get(node)?.applied.as_deref()?;
-        CausalMetadata::decode(token).ok()
+        CausalMetadata::decode_stored(token).ok()
     }
 }
 

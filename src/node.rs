@@ -616,7 +616,7 @@ impl Node {
         let mut applied = Vec::new();
         if batch.era == replica.era() {
             for record in &batch.records {
-                let Ok(metadata) = CausalMetadata::decode(&record.entry.metadata) else {
+                let Ok(metadata) = CausalMetadata::decode_stored(&record.entry.metadata) else {
                     log::warn!("dropping a record from {} with bad metadata", batch.origin);
                     continue;
                 };

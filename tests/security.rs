@@ -172,3 +172,63 @@ fn a_short_cluster_secret_is_refused_at_start() {
         "the secret was printed: {stderr}"
     );
 }
+
+/// A store restarted with another secret keeps every value and still copies them between
+/// its nodes (stored tokens are read without their tag); only the tokens clients hold from
+/// before are refused.
+#[tokio::test]
+async fn a_changed_secret_loses_no_data() {
+    let mut c = Cluster::start_with_env(
+        2,
+        Some(1),
+        FMT,
+        &[("KVS_CLUSTER_SECRET", "the-old-secret-of-this-store-0123")],
+    )
+    .await;
+    let (s, b) = c.kv_put(1, "k", "v", "").await;
+    assert_eq!(s, 201, "{b}");
+    let old = b["causal-metadata"].as_str().unwrap().to_owned();
+    c.poll_get(0, "k", Some(&old), CONVERGE_TIMEOUT, |s, _| s == 200)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..2 {
+        c.set_env(
+            i,
+            &[("KVS_CLUSTER_SECRET", "the-new-secret-of-this-store-9876")],
+        );
+    }
+    c.kill(1);
+    c.restart(0);
+    // Node 1 comes back empty and copies its shard from node 0.
+    let data = c.log_dir.join("node1-data");
+    std::fs::remove_dir_all(&data).expect("remove node 1's data");
+    c.restart(1);
+    let (s, b, _) = c
+        .poll_get(1, "k", None, CONVERGE_TIMEOUT, |s, _| s == 200)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(b["value"], "v", "{s} {b}");
+    let (s, b) = c.kv_get(0, "k", Some(&old)).await;
+    assert_eq!(
+        (s, b["error"].clone()),
+        (400, json!("Invalid causal metadata")),
+        "{b}"
+    );
+    // A client that starts over depends, once it reads "k", on the write of "k" made
+    // under the old secret (node 1's first write), not only on its own.
+    let (s, b) = c.kv_put(0, "j", "x", "").await;
+    assert_eq!(s, 201, "{b}");
+    let own = b["causal-metadata"].as_str().unwrap().to_owned();
+    let (s, b) = c.kv_get(0, "k", Some(&own)).await;
+    assert_eq!(s, 200, "{b}");
+    let read = b["causal-metadata"].as_str().unwrap().to_owned();
+    assert_ne!(read, own, "the read dropped the value's dependencies");
+    let (s, b) = c.kv_put(0, "k", "w", &read).await;
+    assert_eq!(s, 200, "{b}");
+    let fresh = b["causal-metadata"].as_str().unwrap().to_owned();
+    c.poll_get(1, "k", Some(&fresh), CONVERGE_TIMEOUT, |s, b| {
+        s == 200 && b["value"] == "w"
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}

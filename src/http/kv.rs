@@ -329,7 +329,7 @@ fn read_metadata(client: &CausalMetadata, stored: String, me: NodeId) -> String 
     if client.is_empty() {
         return stored;
     }
-    let Ok(decoded) = CausalMetadata::decode(&stored) else {
+    let Ok(decoded) = CausalMetadata::decode_stored(&stored) else {
         // Only a token this store issued is ever stored; keep the client's, never drop it.
         return client.encode();
     };
