@@ -311,7 +311,7 @@ if [ $SCALE = 1 ]; then
     for _ in $(seq 60); do
         MEM_HELD=$MEM_WRITTEN
         for a in ${VM//,/ }; do
-            h=$(curl -s --max-time 60 "http://$a/internal/storage" |
+            h=$(curl -s --max-time 60 "http://$a/kvs/storage" |
                 python3 -c 'import json,sys; print(json.load(sys.stdin)["live"])' 2>/dev/null || echo 0)
             [ "$h" -lt "$MEM_HELD" ] && MEM_HELD=$h
         done

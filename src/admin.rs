@@ -27,8 +27,7 @@ use crate::budget::Deadline;
 use crate::error::{KvsError, Result};
 use crate::node::{Node, PendingReshard};
 use crate::replication::protocol::{
-    Absorb, Done as OkReply, EpochMessage, KeyCount, MapMessage, PATH_ABORT, PATH_ABSORB,
-    PATH_CATCH_UP, PATH_COMMIT, PATH_MAP, PATH_PREPARE, PATH_TRANSFER,
+    Absorb, Done as OkReply, EpochMessage, KeyCount, MapMessage, Rpc,
 };
 use crate::replication::{pull, push};
 use crate::shard::{key_hash, MapError, ShardId, ShardMap};
@@ -69,14 +68,14 @@ async fn lock_admin(node: &Node) -> Result<tokio::sync::MutexGuard<'_, ()>> {
 async fn broadcast<T: serde::Serialize>(
     node: &Node,
     to: &[NodeId],
-    path: &str,
+    rpc: Rpc,
     body: &T,
     timeout: Duration,
 ) -> Vec<NodeId> {
     let calls = to.iter().map(|&p| async move {
         (
             p,
-            node.peers.call::<_, OkReply>(p, path, body, timeout).await,
+            node.peers.call::<_, OkReply>(p, rpc, body, timeout).await,
         )
     });
     join_all(calls)
@@ -85,7 +84,7 @@ async fn broadcast<T: serde::Serialize>(
         .filter_map(|(p, r)| match r {
             Ok(_) => None,
             Err(e) => {
-                log::warn!("{path} at {p} failed: {e}");
+                log::warn!("{rpc} at {p} failed: {e}");
                 Some(p)
             }
         })
@@ -117,7 +116,7 @@ pub async fn add_member(node: &Arc<Node>, shard: ShardId, member: NodeId) -> Res
         let failed = broadcast(
             node,
             &everyone,
-            PATH_MAP,
+            Rpc::Map,
             &MapMessage { map: next },
             NOTICE_TIMEOUT,
         )
@@ -133,7 +132,7 @@ pub async fn add_member(node: &Arc<Node>, shard: ShardId, member: NodeId) -> Res
     };
     let copy = node
         .peers
-        .call::<_, KeyCount>(member, PATH_CATCH_UP, &message, TRANSFER_TIMEOUT);
+        .call::<_, KeyCount>(member, Rpc::CatchUp, &message, TRANSFER_TIMEOUT);
     match copy.await {
         Ok(count) => {
             log::info!("{member} joined shard {shard} holding {} keys", count.count);
@@ -184,11 +183,11 @@ pub async fn reshard(node: &Arc<Node>, count: u32) -> Result<()> {
                 epoch,
                 participants: Vec::new(),
             };
-            broadcast(&node, &participants, PATH_ABORT, &message, NOTICE_TIMEOUT).await;
+            broadcast(&node, &participants, Rpc::Abort, &message, NOTICE_TIMEOUT).await;
         }
     };
     let prepare = MapMessage { map: next };
-    if !broadcast(node, &participants, PATH_PREPARE, &prepare, PREPARE_TIMEOUT)
+    if !broadcast(node, &participants, Rpc::Prepare, &prepare, PREPARE_TIMEOUT)
         .await
         .is_empty()
     {
@@ -202,7 +201,7 @@ pub async fn reshard(node: &Arc<Node>, count: u32) -> Result<()> {
     if !broadcast(
         node,
         &participants,
-        PATH_TRANSFER,
+        Rpc::Transfer,
         &transfer,
         TRANSFER_TIMEOUT,
     )
@@ -216,7 +215,7 @@ pub async fn reshard(node: &Arc<Node>, count: u32) -> Result<()> {
         epoch,
         participants: Vec::new(),
     };
-    let missed = broadcast(node, &participants, PATH_COMMIT, &commit, NOTICE_TIMEOUT).await;
+    let missed = broadcast(node, &participants, Rpc::Commit, &commit, NOTICE_TIMEOUT).await;
     if !missed.is_empty() {
         log::warn!("{missed:?} missed the commit; they will learn the map by gossip");
     }
@@ -316,7 +315,7 @@ async fn send_records(node: &Node, target: NodeId, records: &[Record]) -> bool {
         for attempt in 0..TRANSFER_ATTEMPTS {
             match node
                 .peers
-                .call::<_, OkReply>(target, PATH_ABSORB, &body, TRANSFER_TIMEOUT)
+                .call::<_, OkReply>(target, Rpc::Absorb, &body, TRANSFER_TIMEOUT)
                 .await
             {
                 Ok(_) => {

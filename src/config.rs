@@ -98,6 +98,16 @@ pub struct Args {
     pub admin_token: Option<String>,
 }
 
+impl Config {
+    /// The key relay connections authenticate with: from the cluster secret, or public.
+    pub fn relay_key(&self) -> crate::relay::RelayKey {
+        match &self.cluster_secret {
+            Some(secret) => crate::relay::RelayKey::from_secret(secret.as_bytes()),
+            None => crate::relay::RelayKey::open(),
+        }
+    }
+}
+
 /// The cluster secret's bytes; never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClusterSecret(Vec<u8>);

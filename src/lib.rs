@@ -26,6 +26,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod internal;
 pub mod membership;
 pub mod node;
 pub mod peer;
@@ -77,6 +78,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(admin::expire_stale_freezes(node.clone()));
     tokio::spawn(relay::serve(
         relay_listener,
+        node.config.relay_key(),
         http::relay_handler(node.clone()),
     ));
     tokio::spawn(node::drop_relays_to_lost_peers(node.clone()));

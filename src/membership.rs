@@ -125,7 +125,64 @@ pub struct Membership {
     handle: ChitchatHandle,
     me: NodeId,
     live: watch::Receiver<LiveSet>,
+    relays: watch::Receiver<RelayAddresses>,
     admin: Mutex<ViewAdmin>,
+}
+
+/// Where each node's newest incarnation gossiped that its relay channel listens, live or
+/// not yet: a restarted node is called as soon as its first gossip arrives, not only once
+/// the failure detector has taken it back (a second or more).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayAddresses {
+    nodes: BTreeMap<NodeId, (u64, NodeId)>,
+}
+
+impl RelayAddresses {
+    pub fn get(&self, node: &NodeId) -> Option<NodeId> {
+        self.nodes.get(node).map(|(_, address)| *address)
+    }
+
+    fn from_states(states: &BTreeMap<ChitchatId, chitchat::NodeState>) -> Self {
+        let mut out = Self::default();
+        for (id, state) in states {
+            let (Ok(node), Some(port)) = (
+                id.node_id.parse::<NodeId>(),
+                state.get(KEY_RELAY).and_then(|p| p.parse::<u16>().ok()),
+            ) else {
+                continue;
+            };
+            let newest = out
+                .nodes
+                .get(&node)
+                .is_none_or(|(generation, _)| *generation < id.generation_id);
+            if newest {
+                out.nodes
+                    .insert(node, (id.generation_id, NodeId::new(node.ip(), port)));
+            }
+        }
+        out
+    }
+}
+
+/// Refreshes the relay addresses from every node state chitchat holds, each gossip round.
+async fn follow_relay_addresses(
+    chitchat: std::sync::Weak<tokio::sync::Mutex<chitchat::Chitchat>>,
+    tx: watch::Sender<RelayAddresses>,
+    interval: Duration,
+) {
+    loop {
+        let Some(chitchat) = chitchat.upgrade() else {
+            return;
+        };
+        let addresses = RelayAddresses::from_states(chitchat.lock().await.node_states());
+        drop(chitchat);
+        tx.send_if_modified(|current| {
+            let changed = *current != addresses;
+            *current = addresses;
+            changed
+        });
+        tokio::time::sleep(interval).await;
+    }
 }
 
 impl Membership {
@@ -164,10 +221,17 @@ impl Membership {
         let (tx, live) = watch::channel(LiveSet::default());
         let watcher = handle.with_chitchat(|c| c.live_nodes_watcher()).await;
         tokio::spawn(follow_live_nodes(watcher, tx, me, generation));
+        let (relays_tx, relays) = watch::channel(RelayAddresses::default());
+        tokio::spawn(follow_relay_addresses(
+            std::sync::Arc::downgrade(&handle.chitchat()),
+            relays_tx,
+            config.gossip_interval,
+        ));
         Ok(Self {
             handle,
             me,
             live,
+            relays,
             admin: Mutex::new(ViewAdmin::default()),
         })
     }
@@ -209,7 +273,12 @@ impl Membership {
 
     /// Where `node`'s relay channel listens, once its gossip has said so.
     pub fn relay_address(&self, node: &NodeId) -> Option<NodeId> {
-        self.live.borrow().nodes.get(node)?.relay_address(node)
+        self.relays.borrow().get(node)
+    }
+
+    /// The relay addresses as gossip tells them, for [`crate::peer::Peers`].
+    pub fn relay_addresses(&self) -> watch::Receiver<RelayAddresses> {
+        self.relays.clone()
     }
 
     /// [`Self::relay_address`], waiting until `until` for the node's gossip to say it (the
@@ -218,8 +287,8 @@ impl Membership {
         if let Some(address) = self.relay_address(node) {
             return Some(address);
         }
-        let mut live = self.live.clone();
-        let known = live.wait_for(|l| l.nodes.get(node).is_some_and(|s| s.relay_port.is_some()));
+        let mut relays = self.relays.clone();
+        let known = relays.wait_for(|r| r.get(node).is_some());
         tokio::time::timeout_at(until.into(), known)
             .await
             .ok()?

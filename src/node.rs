@@ -105,8 +105,8 @@ pub struct Node {
     pub outbox: Outbox,
     pub membership: Membership,
     pub peers: Peers,
-    /// Carries forwarded client requests to other shards' members.
-    pub relay: crate::relay::Client,
+    /// Carries forwarded client requests, and the calls of `peers`, to other nodes.
+    pub relay: Arc<crate::relay::Client>,
     write_gate: Arc<RwLock<()>>,
     pub(crate) pending: Mutex<Option<PendingReshard>>,
     /// Wakes the anti-entropy loop for an immediate pull.
@@ -151,6 +151,7 @@ impl Node {
         // What came back from disk is not in the log: peers that lack any of it are sent to
         // a scan, as if it had been evicted.
         recent.forget_up_to(start.replica.applied());
+        let relay = Arc::new(crate::relay::Client::with_key(config.relay_key()));
         Self {
             me,
             store: start.store,
@@ -160,9 +161,9 @@ impl Node {
             map: watch::channel(Arc::new(start.map)).0,
             synced: AtomicBool::new(start.synced),
             outbox: Outbox::new(OUTBOX_CAPACITY),
+            peers: Peers::new(relay.clone(), membership.relay_addresses()),
             membership,
-            peers: Peers::new(),
-            relay: crate::relay::Client::new(),
+            relay,
             write_gate: Arc::new(RwLock::new(())),
             pending: Mutex::new(None),
             pull_wanted: Notify::new(),

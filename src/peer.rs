@@ -1,16 +1,23 @@
-//! The HTTP client every node uses for internal RPCs to its peers (client requests are
-//! forwarded over the [`crate::relay`] channel).
-//!
-//! One `reqwest` client keeps pooled keep-alive connections per peer, so internal calls never
-//! pay a TCP handshake each. Every call has a timeout.
+//! The calling side of the messages nodes send each other ([`Rpc`], served by
+//! [`crate::internal`]): JSON bodies in calls on the relay channel, which shares one
+//! authenticated connection per peer with forwarded client requests. Every call has a
+//! timeout.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::watch;
 
+use crate::membership::RelayAddresses;
+use crate::relay::{self, Call, Kind};
+use crate::replication::protocol::Rpc;
 use crate::NodeId;
+
+/// How long a call waits for gossip to tell a peer's relay port (a node that just started).
+const ADDRESS_WAIT: Duration = Duration::from_secs(2);
 
 /// Forwarding stops after this many hops (maps in flux can bounce a request once or twice).
 pub const MAX_HOPS: u32 = 4;
@@ -28,35 +35,23 @@ pub enum PeerError {
     },
 }
 
-#[derive(Debug, Clone)]
+/// Makes the calls of [`Rpc`] to other nodes, over the relay channel.
 pub struct Peers {
-    client: reqwest::Client,
-}
-
-impl Default for Peers {
-    fn default() -> Self {
-        Self::new()
-    }
+    relay: Arc<relay::Client>,
+    /// Where each node's relay channel listens, from gossip.
+    relays: watch::Receiver<RelayAddresses>,
 }
 
 impl Peers {
-    pub fn new() -> Self {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_millis(1000))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .build()
-            .expect("a plain HTTP client always builds");
-        Self { client }
+    pub fn new(relay: Arc<relay::Client>, relays: watch::Receiver<RelayAddresses>) -> Self {
+        Self { relay, relays }
     }
 
-    /// POSTs `body` as JSON to an internal endpoint and decodes the JSON answer.
+    /// Sends `body` as JSON in call `rpc` and decodes the JSON answer.
     pub async fn call<Req, Resp>(
         &self,
         peer: NodeId,
-        path: &str,
+        rpc: Rpc,
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerError>
@@ -64,7 +59,7 @@ impl Peers {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let bytes = self.call_for_bytes(peer, path, body, timeout).await?;
+        let bytes = self.call_for_bytes(peer, rpc, body, timeout).await?;
         serde_json::from_slice(&bytes).map_err(|e| PeerError::Status {
             peer,
             status: 200,
@@ -77,34 +72,63 @@ impl Peers {
     pub async fn call_for_bytes<Req>(
         &self,
         peer: NodeId,
-        path: &str,
+        rpc: Rpc,
         body: &Req,
         timeout: Duration,
     ) -> Result<Bytes, PeerError>
     where
         Req: Serialize + ?Sized,
     {
-        let unreachable = |e: reqwest::Error| PeerError::Unreachable {
-            peer,
-            reason: e.to_string(),
-        };
-        let response = self
-            .client
-            .post(format!("http://{peer}{path}"))
-            .json(body)
-            .timeout(timeout)
-            .send()
+        let unreachable = |reason: String| PeerError::Unreachable { peer, reason };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let address = self
+            .relay_address(
+                peer,
+                deadline.min(tokio::time::Instant::now() + ADDRESS_WAIT),
+            )
             .await
-            .map_err(unreachable)?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(unreachable)?;
-        if !status.is_success() {
+            .ok_or_else(|| {
+                unreachable("its relay port is not known (not heard by gossip)".into())
+            })?;
+        let body = serde_json::to_vec(body).map_err(|e| unreachable(e.to_string()))?;
+        let call = Call {
+            id: 0,
+            origin: 0,
+            attempt: 0,
+            op: Kind::Internal,
+            hops: 0,
+            epoch: 0,
+            budget_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+            path: rpc.name().to_owned(),
+            body: Bytes::from(body),
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let answer = self
+            .relay
+            .call(address, call, remaining)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        if answer.status != 200 {
             return Err(PeerError::Status {
                 peer,
-                status: status.as_u16(),
-                body: String::from_utf8_lossy(&bytes).into_owned(),
+                status: answer.status,
+                body: String::from_utf8_lossy(&answer.body).into_owned(),
             });
         }
-        Ok(bytes)
+        Ok(answer.body)
+    }
+
+    /// `peer`'s relay address, waiting until `until` for gossip to tell it.
+    async fn relay_address(&self, peer: NodeId, until: tokio::time::Instant) -> Option<NodeId> {
+        if let Some(known) = self.relays.borrow().get(&peer) {
+            return Some(known);
+        }
+        let mut relays = self.relays.clone();
+        let heard =
+            tokio::time::timeout_at(until, relays.wait_for(|r| r.get(&peer).is_some())).await;
+        if let Ok(Ok(seen)) = &heard {
+            return seen.get(&peer);
+        }
+        None
     }
 }

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use kvs::causal::CausalMetadata;
 use kvs::http::reply::Op;
-use kvs::relay::Call;
+use kvs::relay::{Call, Kind};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -175,7 +175,7 @@ async fn an_owner_answers_its_own_503_within_the_budget_it_was_given() {
         id: 0,
         origin: 0,
         attempt: 0,
-        op: Op::Get,
+        op: Kind::Kv(Op::Get),
         hops: 1,
         epoch: 0,
         budget_ms: 1500,

@@ -14,7 +14,7 @@ const FMT: &str = "2019";
 const PURGE_TIMEOUT: Duration = Duration::from_secs(40);
 
 async fn stats(c: &Cluster, i: usize) -> Option<Value> {
-    match try_get(&c.url(i, "/internal/storage"), None).await {
+    match try_get(&c.url(i, "/kvs/storage"), None).await {
         Ok((200, body)) => Some(body),
         _ => None,
     }

@@ -188,7 +188,8 @@ async fn a_changed_secret_loses_no_data() {
     let (s, b) = c.kv_put(1, "k", "v", "").await;
     assert_eq!(s, 201, "{b}");
     let old = b["causal-metadata"].as_str().unwrap().to_owned();
-    c.poll_get(0, "k", Some(&old), CONVERGE_TIMEOUT, |s, _| s == 200)
+    // Node 0 holds it (asked without metadata, which node 1 could have served instead).
+    c.poll_get(0, "k", None, CONVERGE_TIMEOUT, |s, _| s == 200)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     for i in 0..2 {
@@ -231,4 +232,74 @@ async fn a_changed_secret_loses_no_data() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// An outsider gets nowhere as a node: the client port serves no internal path (the crafted
+/// record of the bug report, POSTed to `/internal/absorb`, is a 404 and changes nothing),
+/// and the relay port refuses a connection without the store's secret before any call.
+#[tokio::test]
+async fn an_outsider_cannot_act_as_a_node_on_any_port() {
+    let secret = "the-secret-of-the-outsider-test-store";
+    let mut c = Cluster::spawn_some(2, 0, Some(1), FMT);
+    let relay_port = c.free_port_of(0);
+    c.set_env(0, &[("KVS_RELAY_PORT", &relay_port.to_string())]);
+    for i in 0..2 {
+        c.set_env(i, &[("KVS_CLUSTER_SECRET", secret)]);
+        c.restart(i);
+    }
+    let all = c.addrs();
+    for i in 0..2 {
+        c.wait_view(i, &all, READY_TIMEOUT).await;
+    }
+    let (s, b) = c.kv_put(0, "k", "mine", "").await;
+    assert_eq!(s, 201, "{b}");
+    let crafted = json!({"records": [{"key": "k", "entry": {"value": "hijacked"}}]});
+    for path in [
+        "/internal/absorb",
+        "/internal/replicate",
+        "/internal/map",
+        "/internal/reshard/commit",
+        "/internal/sync",
+    ] {
+        let (s, b) = send(
+            reqwest::Method::POST,
+            &c.url(0, path),
+            crafted.clone(),
+            None,
+        )
+        .await;
+        assert_eq!(s, 404, "{path}: {b}");
+    }
+    // The relay port: the handshake fails without the secret, with a wrong one, and the
+    // call is never made.
+    let relay = std::net::SocketAddr::new((*c.addr(0).ip()).into(), relay_port);
+    for key in [
+        kvs::relay::RelayKey::open(),
+        kvs::relay::RelayKey::from_secret(b"a guess at the store's secret"),
+    ] {
+        let call = kvs::relay::Call {
+            id: 0,
+            origin: 0,
+            attempt: 0,
+            op: kvs::relay::Kind::Internal,
+            hops: 0,
+            epoch: 0,
+            budget_ms: 1000,
+            path: "absorb".into(),
+            body: crafted.to_string().into(),
+        };
+        let err = kvs::relay::Client::with_key(key)
+            .call(relay, call, std::time::Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, kvs::relay::RelayError::NotSent(..)), "{err}");
+    }
+    for i in 0..2 {
+        let (s, b) = c.kv_get(i, "k", None).await;
+        assert_eq!(
+            (s, b["value"].clone()),
+            (200, json!("mine")),
+            "node {i}: {b}"
+        );
+    }
 }

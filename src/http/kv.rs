@@ -16,7 +16,7 @@ use crate::causal::CausalMetadata;
 use crate::error::KvsError;
 use crate::node::{Node, Route};
 use crate::peer::MAX_HOPS;
-use crate::relay::{Call, RelayError};
+use crate::relay::{Call, Kind, RelayError};
 use crate::replication::quorum::WriteQuorum;
 use crate::NodeId;
 
@@ -161,8 +161,13 @@ pub fn relay_handler(
                 sender_epoch: call.epoch,
                 deadline: Deadline::from_budget_ms(call.budget_ms),
             };
-            let answer = serve(&node, call.op, &call.path, call.body, arrival).await;
-            (answer.status.as_u16(), answer.body)
+            match call.op {
+                Kind::Kv(op) => {
+                    let answer = serve(&node, op, &call.path, call.body, arrival).await;
+                    (answer.status.as_u16(), answer.body)
+                }
+                Kind::Internal => crate::internal::serve(&node, &call.path, call.body).await,
+            }
         })
     }
 }
@@ -423,7 +428,7 @@ async fn relay_once(
         id: node.relay.next_id(),
         origin: 0,
         attempt: 0,
-        op: request.op,
+        op: Kind::Kv(request.op),
         hops: request.hops + 1,
         epoch,
         budget_ms,

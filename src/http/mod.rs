@@ -1,7 +1,6 @@
-//! The HTTP surface: the client contract (`kv`, `view`, `shard`) and the endpoints nodes use
-//! among themselves (`internal`).
+//! The HTTP surface, for clients only: the contract (`kv`, `view`, `shard`) and the node's
+//! storage counts. Nodes talk to each other on the relay channel ([`crate::internal`]).
 
-mod internal;
 mod kv;
 pub mod reply;
 mod shard;
@@ -21,8 +20,6 @@ pub use kv::relay_handler;
 
 /// The largest client request body accepted (413 beyond).
 pub const BODY_LIMIT: usize = 1 << 20;
-/// Internal messages carry batches of records.
-const INTERNAL_BODY_LIMIT: usize = 256 << 20;
 
 pub fn server(node: Arc<Node>) -> std::io::Result<Server> {
     let bind = node.config.bind_address;
@@ -31,13 +28,12 @@ pub fn server(node: Arc<Node>) -> std::io::Result<Server> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .app_data(web::JsonConfig::default().limit(INTERNAL_BODY_LIMIT))
             // A static prefix with a default service, not a `{key:.*}` pattern: actix matches
             // patterns with a regex, which cost ~4% of a node's CPU on the hottest path.
             .service(web::scope("/key-value-store").default_service(web::to(kv::handle)))
             .route("/key-value-store-view", web::route().to(view::handle))
             .configure(shard::routes)
-            .configure(internal::routes)
+            .route("/kvs/storage", web::get().to(storage))
             .default_service(web::to(|req: HttpRequest| async move {
                 reply::not_found(req.method().as_str())
             }))
@@ -52,6 +48,12 @@ pub fn server(node: Arc<Node>) -> std::io::Result<Server> {
     .bind(bind)?
     .run();
     Ok(server)
+}
+
+/// `GET /kvs/storage`: how many keys, live ones and tombstones this node holds (for
+/// operators and tests).
+async fn storage(node: web::Data<Arc<Node>>) -> HttpResponse {
+    reply::ok(serde_json::json!(node.storage_stats()))
 }
 
 /// Reads a request body up to [`BODY_LIMIT`] bytes.

@@ -12,7 +12,7 @@ use super::{json_object, read_body, refuse_unless_admin, BODY_LIMIT};
 use crate::admin;
 use crate::error::KvsError;
 use crate::node::Node;
-use crate::replication::protocol::{KeyCount, PATH_KEY_COUNT};
+use crate::replication::protocol::{KeyCount, Rpc};
 use crate::shard::ShardId;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -124,7 +124,7 @@ pub async fn count_keys(node: &Node, shard: ShardId) -> Result<usize, KvsError> 
             .peers
             .call::<_, KeyCount>(
                 member,
-                PATH_KEY_COUNT,
+                Rpc::KeyCount,
                 &json!({"shard": shard}),
                 Duration::from_secs(10),
             )

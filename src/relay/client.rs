@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
 use super::frame::{decode_answer, encode_call, encode_ping, Answer, Call, FORGOTTEN, PONG};
+use super::handshake::{self, RelayKey};
 use super::{reserve_for_read, write_coalesced, MAX_IN_FLIGHT};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -114,6 +115,8 @@ pub struct Client {
     /// Where connection tasks run: the node's main runtime, not whichever HTTP worker
     /// happened to open the connection.
     runtime: Option<tokio::runtime::Handle>,
+    /// Every connection proves it with the peer before its first frame.
+    key: RelayKey,
 }
 
 impl Default for Client {
@@ -123,8 +126,15 @@ impl Default for Client {
 }
 
 impl Client {
+    /// A client of a store without a cluster secret.
     pub fn new() -> Self {
+        Self::with_key(RelayKey::open())
+    }
+
+    /// A client whose connections authenticate with `key` (see [`super::handshake`]).
+    pub fn with_key(key: RelayKey) -> Self {
         Self {
+            key,
             origin: rand::random(),
             next_id: AtomicU64::new(1),
             connections: Mutex::new(HashMap::new()),
@@ -243,7 +253,7 @@ impl Client {
         if last_failure.is_some_and(|at| at.elapsed() < REDIAL_AFTER) {
             return Err(RelayError::NotSent(addr, "unreachable a moment ago"));
         }
-        let socket = match timeout_at(connect_by, TcpStream::connect(addr)).await {
+        let mut socket = match timeout_at(connect_by, TcpStream::connect(addr)).await {
             Ok(Ok(socket)) => socket,
             failed => {
                 *last_failure = Some(Instant::now());
@@ -256,8 +266,20 @@ impl Client {
                 ));
             }
         };
-        *last_failure = None;
         let _ = socket.set_nodelay(true);
+        match timeout_at(connect_by, handshake::client(&mut socket, &self.key)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                *last_failure = Some(Instant::now());
+                log::warn!("relay to {addr}: {e}");
+                return Err(RelayError::NotSent(addr, "the handshake failed"));
+            }
+            Err(_) => {
+                *last_failure = Some(Instant::now());
+                return Err(RelayError::NotSent(addr, "the handshake timed out"));
+            }
+        }
+        *last_failure = None;
         let connection = self.start(socket);
         self.connections().insert(addr, connection.clone());
         Ok(connection)

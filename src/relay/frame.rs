@@ -9,6 +9,11 @@
 //! answer = id:u64 status:u16 body      (status PONG answers a ping)
 //! ```
 //!
+//! `op` is a client operation (0 GET, 1 PUT, 2 DELETE), whose path is the client's, or 3
+//! for a call between nodes ([`crate::internal`]), whose path names the message and whose
+//! body is its JSON. Frames follow the connection's handshake ([`super::handshake`]), which
+//! carries the protocol's version.
+//!
 //! `origin` names the forwarding process and `id` the request within it, the same on every
 //! attempt: an owner that is sent a write again (the first connection died before its
 //! answer came) answers it from what it remembers instead of applying it twice.
@@ -21,8 +26,19 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::http::reply::Op;
 
-/// The largest payload accepted; client bodies are limited to 1 MiB.
-pub const MAX_FRAME: usize = 4 << 20;
+/// The largest payload accepted: a page of a full copy, or a whole shard from a node
+/// that keeps it in memory (about 250 MB per million keys), as the internal HTTP endpoints
+/// accepted before. Client bodies are limited to 1 MiB before they are framed.
+pub const MAX_FRAME: usize = 256 << 20;
+
+/// What a call asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A client's request, forwarded.
+    Kv(Op),
+    /// A message between nodes, named by the call's path.
+    Internal,
+}
 
 /// A forwarded client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +49,7 @@ pub struct Call {
     pub origin: u64,
     /// 0 for the first attempt; a later attempt may have been applied already.
     pub attempt: u8,
-    pub op: Op,
+    pub op: Kind,
     /// Hops including this one.
     pub hops: u32,
     /// The forwarding node's map epoch.
@@ -78,19 +94,23 @@ const CALL_HEAD: usize = 8 + 8 + 1 + 1 + 1 + 8 + 4 + 2;
 const PING_CODE: u8 = 255;
 const ANSWER_HEAD: usize = 8 + 2;
 
-fn op_code(op: Op) -> u8 {
+const INTERNAL_CODE: u8 = 3;
+
+fn op_code(op: Kind) -> u8 {
     match op {
-        Op::Get => 0,
-        Op::Put => 1,
-        Op::Delete => 2,
+        Kind::Kv(Op::Get) => 0,
+        Kind::Kv(Op::Put) => 1,
+        Kind::Kv(Op::Delete) => 2,
+        Kind::Internal => INTERNAL_CODE,
     }
 }
 
-fn op_from_code(code: u8) -> Result<Op, FrameError> {
+fn op_from_code(code: u8) -> Result<Kind, FrameError> {
     match code {
-        0 => Ok(Op::Get),
-        1 => Ok(Op::Put),
-        2 => Ok(Op::Delete),
+        0 => Ok(Kind::Kv(Op::Get)),
+        1 => Ok(Kind::Kv(Op::Put)),
+        2 => Ok(Kind::Kv(Op::Delete)),
+        INTERNAL_CODE => Ok(Kind::Internal),
         _ => Err(FrameError::Malformed("unknown operation")),
     }
 }
@@ -223,7 +243,7 @@ mod tests {
             id,
             origin: 0x0123_4567_89ab_cdef,
             attempt: 1,
-            op: Op::Put,
+            op: Kind::Kv(Op::Put),
             hops: 2,
             epoch: 7,
             budget_ms: 18_500,
@@ -294,12 +314,13 @@ mod tests {
             Err(FrameError::Malformed("unknown operation"))
         );
 
-        let huge = Call {
-            body: Bytes::from(vec![b'x'; MAX_FRAME]),
+        // A path longer than its length field can say.
+        let long = Call {
+            path: "x".repeat(usize::from(u16::MAX) + 1),
             ..call(1, "")
         };
         assert!(matches!(
-            encode_call(&huge, &mut BytesMut::new()),
+            encode_call(&long, &mut BytesMut::new()),
             Err(FrameError::TooLarge(_))
         ));
     }

@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod frame;
+pub mod handshake;
 pub mod remembered;
 pub mod server;
 
@@ -22,7 +23,8 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 pub use client::{Client, RelayError};
-pub use frame::{Answer, Call};
+pub use frame::{Answer, Call, Kind};
+pub use handshake::RelayKey;
 pub use server::serve;
 
 /// Calls in flight per connection, in each direction.
@@ -71,7 +73,7 @@ mod tests {
             id: 0,
             origin: 0,
             attempt: 0,
-            op: Op::Get,
+            op: Kind::Kv(Op::Get),
             hops: 1,
             epoch: 1,
             budget_ms: 0,
@@ -85,7 +87,7 @@ mod tests {
     async fn echo_server() -> std::net::SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, |call: Call| async move {
+        tokio::spawn(serve(listener, RelayKey::open(), |call: Call| async move {
             let wait: u64 = std::str::from_utf8(&call.body)
                 .ok()
                 .and_then(|b| b.parse().ok())
@@ -184,14 +186,15 @@ mod tests {
         assert_eq!(answer.status, 200);
     }
 
-    /// A peer that accepts connections and then never sends a byte: a paused process, or a
-    /// host that vanished without a reset.
+    /// A peer that accepts connections, completes the handshake, and then never sends a
+    /// byte: a process paused later, or a host that vanished without a reset.
     async fn silent_peer() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let _ = handshake::server(&mut socket, &RelayKey::open()).await;
                 held.push(socket);
             }
         });
@@ -217,6 +220,54 @@ mod tests {
         assert!(!client.is_connected(addr));
     }
 
+    /// A listener that accepts and says nothing (a paused process): the call fails within
+    /// the connect bound, as never sent, so that the caller may try another member.
+    #[tokio::test]
+    async fn a_peer_silent_from_the_start_fails_the_handshake_not_the_call() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = Client::new();
+        let started = tokio::time::Instant::now();
+        let err = client
+            .call(addr, call("/k", ""), Duration::from_secs(20))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RelayError::NotSent(..)), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(listener);
+    }
+
+    /// A node with another store's secret can neither call nor be called.
+    #[tokio::test]
+    async fn a_peer_with_another_secret_is_refused_both_ways() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mine = RelayKey::from_secret(b"this store's secret");
+        let called = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = called.clone();
+        tokio::spawn(serve(listener, mine, move |_call: Call| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { (200, bytes::Bytes::new()) }
+        }));
+        for key in [
+            RelayKey::open(),
+            RelayKey::from_secret(b"another store's secret"),
+        ] {
+            let err = Client::with_key(key)
+                .call(addr, call("/k", ""), Duration::from_secs(5))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, RelayError::NotSent(..)), "{err}");
+        }
+        assert_eq!(called.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let answer = Client::with_key(mine)
+            .call(addr, call("/k", ""), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(called.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
     #[tokio::test]
     async fn a_slow_owner_is_not_mistaken_for_a_dead_one() {
         let addr = echo_server().await;
@@ -235,7 +286,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let applied = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
         let counter = applied.clone();
-        tokio::spawn(serve(listener, move |_call: Call| {
+        tokio::spawn(serve(listener, RelayKey::open(), move |_call: Call| {
             let counter = counter.clone();
             async move {
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -246,7 +297,7 @@ mod tests {
         let client = std::sync::Arc::new(Client::new());
         let write = Call {
             id: client.next_id(),
-            op: Op::Put,
+            op: Kind::Kv(Op::Put),
             ..call("/key-value-store/k", "{}")
         };
         // The first copy's answer is not waited for (as when its connection died) ...

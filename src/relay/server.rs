@@ -13,7 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
-use super::frame::{decode_call, encode_answer, Answer, Call, Incoming, FORGOTTEN, PONG};
+use super::frame::{decode_call, encode_answer, Answer, Call, Incoming, Kind, FORGOTTEN, PONG};
+use super::handshake::{self, RelayKey};
 use super::remembered::{Begin, Remembered, Reply};
 use super::{reserve_for_read, write_coalesced, MAX_IN_FLIGHT};
 use crate::http::reply::Op;
@@ -27,9 +28,9 @@ fn lock(memory: &Memory) -> MutexGuard<'_, Remembered> {
 /// Peers keep one connection each; this leaves room for many nodes and reconnects.
 const MAX_CONNECTIONS: usize = 512;
 
-/// Accepts connections on `listener` for ever, answering every call with `handler`, which
-/// returns the status and body to relay back.
-pub async fn serve<H, F>(listener: TcpListener, handler: H)
+/// Accepts connections on `listener` for ever, each after its handshake with `key`,
+/// answering every call with `handler`, which returns the status and body to relay back.
+pub async fn serve<H, F>(listener: TcpListener, key: RelayKey, handler: H)
 where
     H: Fn(Call) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = (u16, Bytes)> + Send + 'static,
@@ -38,8 +39,8 @@ where
     // Shared by every connection: a write is sent again on a new connection.
     let memory = Memory::default();
     loop {
-        let socket = match listener.accept().await {
-            Ok((socket, _)) => socket,
+        let (mut socket, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors, typically: back off instead of spinning.
                 log::warn!("relay listener: {e}");
@@ -54,7 +55,10 @@ where
         let handler = handler.clone();
         let memory = memory.clone();
         tokio::spawn(async move {
-            serve_connection(socket, handler, memory).await;
+            match handshake::server(&mut socket, &key).await {
+                Ok(()) => serve_connection(socket, handler, memory).await,
+                Err(e) => log::warn!("relay connection from {peer} refused: {e}"),
+            }
             drop(permit);
         });
     }
@@ -147,7 +151,9 @@ where
     H: Fn(Call) -> F,
     F: Future<Output = Reply>,
 {
-    if call.op == Op::Get {
+    // Only a client's write must not run twice; reads and messages between nodes (each
+    // of which its sender retries as it sees fit) simply run.
+    if !matches!(call.op, Kind::Kv(Op::Put | Op::Delete)) {
         return handler(call).await;
     }
     let (origin, id) = (call.origin, call.id);

@@ -1,4 +1,5 @@
-//! Messages between replicas (JSON over the internal HTTP endpoints).
+//! Messages between nodes: JSON bodies of relay-channel calls ([`crate::internal`]), each
+//! named by its [`Rpc`].
 
 use std::sync::Arc;
 
@@ -9,21 +10,74 @@ use crate::shard::ShardMap;
 use crate::storage::Record;
 use crate::NodeId;
 
-pub const PATH_REPLICATE: &str = "/internal/replicate";
-pub const PATH_SYNC: &str = "/internal/sync";
-pub const PATH_ABSORB: &str = "/internal/absorb";
-pub const PATH_MAP: &str = "/internal/map";
-pub const PATH_CATCH_UP: &str = "/internal/catch-up";
-pub const PATH_PREPARE: &str = "/internal/reshard/prepare";
-pub const PATH_TRANSFER: &str = "/internal/reshard/transfer";
-pub const PATH_COMMIT: &str = "/internal/reshard/commit";
-pub const PATH_ABORT: &str = "/internal/reshard/abort";
-pub const PATH_KEY_COUNT: &str = "/internal/key-count";
-pub const PATH_VIEW: &str = "/internal/view";
-pub const PATH_STORAGE: &str = "/internal/storage";
+/// The calls nodes make to each other; the name travels in the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    /// A push of an origin's writes ([`ReplicateBatch`] -> [`ReplicateAck`]).
+    Replicate,
+    /// A pull or a page of a full copy ([`SyncRequest`] -> [`SyncResponse`]).
+    Sync,
+    /// Records handed over outside the causal streams ([`Absorb`] -> [`Done`]).
+    Absorb,
+    /// A newer shard map ([`MapMessage`] -> [`Done`]).
+    Map,
+    /// Catch up with the shard before an add-member commits ([`EpochMessage`] -> [`KeyCount`]).
+    CatchUp,
+    /// The reshard phases ([`MapMessage`] or [`EpochMessage`] -> [`Done`]).
+    Prepare,
+    Transfer,
+    Commit,
+    Abort,
+    /// A shard's live key count (`{"shard": id}` -> [`KeyCount`]).
+    KeyCount,
+    /// An administrative view change ([`ViewChange`] -> [`Done`]).
+    View,
+}
+
+impl Rpc {
+    pub const ALL: [Rpc; 11] = [
+        Rpc::Replicate,
+        Rpc::Sync,
+        Rpc::Absorb,
+        Rpc::Map,
+        Rpc::CatchUp,
+        Rpc::Prepare,
+        Rpc::Transfer,
+        Rpc::Commit,
+        Rpc::Abort,
+        Rpc::KeyCount,
+        Rpc::View,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Rpc::Replicate => "replicate",
+            Rpc::Sync => "sync",
+            Rpc::Absorb => "absorb",
+            Rpc::Map => "map",
+            Rpc::CatchUp => "catch-up",
+            Rpc::Prepare => "reshard/prepare",
+            Rpc::Transfer => "reshard/transfer",
+            Rpc::Commit => "reshard/commit",
+            Rpc::Abort => "reshard/abort",
+            Rpc::KeyCount => "key-count",
+            Rpc::View => "view",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl std::fmt::Display for Rpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// What a node holds: every key it stores, those alive, and the deleted ones it still keeps
-/// as tombstones (answered by `GET /internal/storage`, for operators and tests).
+/// as tombstones (answered by `GET /kvs/storage`, for operators and tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StorageStats {
     pub keys: usize,
@@ -125,6 +179,14 @@ impl Done {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_call_has_a_name_of_its_own() {
+        for rpc in Rpc::ALL {
+            assert_eq!(Rpc::from_name(rpc.name()), Some(rpc));
+        }
+        assert_eq!(Rpc::from_name("/internal/absorb"), None);
+    }
 
     #[test]
     fn clocks_travel_as_json_objects_keyed_by_address() {

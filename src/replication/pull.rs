@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use tokio::task::JoinSet;
 
-use super::protocol::{SyncRequest, SyncResponse, PATH_SYNC};
+use super::protocol::{Rpc, SyncRequest, SyncResponse};
 use crate::causal::{CausalMetadata, VectorClock};
 use crate::membership::{KEY_APPLIED, KEY_MAP};
 use crate::node::{CopyPart, Node};
@@ -73,7 +73,7 @@ pub async fn pull_from(node: &Arc<Node>, peer: NodeId, full: bool) -> bool {
 async fn fetch(node: &Arc<Node>, peer: NodeId, request: &SyncRequest) -> Option<SyncResponse> {
     let body = match node
         .peers
-        .call_for_bytes(peer, PATH_SYNC, request, PULL_TIMEOUT)
+        .call_for_bytes(peer, Rpc::Sync, request, PULL_TIMEOUT)
         .await
     {
         Ok(body) => body,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::protocol::{ReplicateAck, ReplicateBatch, PATH_REPLICATE};
+use super::protocol::{ReplicateAck, ReplicateBatch, Rpc};
 use crate::node::Node;
 use crate::NodeId;
 
@@ -92,7 +92,7 @@ async fn push_to(node: Arc<Node>, peer: NodeId) {
         };
         match node
             .peers
-            .call::<_, ReplicateAck>(peer, PATH_REPLICATE, &message, PUSH_TIMEOUT)
+            .call::<_, ReplicateAck>(peer, Rpc::Replicate, &message, PUSH_TIMEOUT)
             .await
         {
             Ok(ack) if ack.era == era => {
@@ -138,7 +138,7 @@ async fn probe(node: &Node, peer: NodeId, era: u64) {
     };
     match node
         .peers
-        .call::<_, ReplicateAck>(peer, PATH_REPLICATE, &message, PUSH_TIMEOUT)
+        .call::<_, ReplicateAck>(peer, Rpc::Replicate, &message, PUSH_TIMEOUT)
         .await
     {
         Ok(ack) if ack.era == era => node.note_ack(peer, era, ack.applied),
