@@ -5,8 +5,11 @@
 //! - [`http`] parses and validates it against the contract, then asks [`node::Node::route`]
 //!   where the key lives. Keys map to shards by rendezvous hashing over the [`shard`] map.
 //! - A key of another shard is forwarded to a live member of that shard over the [`relay`]
-//!   channel (its port learnt by gossip), and its answer is passed back unchanged. Internal
-//!   calls between nodes (replication, pulls, map changes) go over HTTP with [`peer`].
+//!   channel (its port learnt by gossip), and its answer is passed back unchanged. Every
+//!   other message between nodes (replication, pulls, map changes, reshard phases) travels
+//!   on the same channel too: made by [`peer`], served by [`internal`]. Its connections
+//!   start with a handshake keyed by the cluster secret; the client port serves clients
+//!   only.
 //! - A key of this node's shard is served by [`node`]: it first waits until the writes the
 //!   client's causal metadata depends on are applied here ([`causal`]), or relays the request
 //!   to the node that issued the client's token, which has them; then it reads or writes
@@ -103,10 +106,9 @@ fn announce_secrets(config: &Config) {
     match &config.cluster_secret {
         Some(secret) => {
             causal::key_tokens_with(secret.as_bytes());
-            log::info!("causal-metadata tokens are keyed with the cluster secret");
-            log::warn!(
-                "this version does not yet authenticate node-to-node traffic: keep the nodes' \
-                 relay, gossip and internal endpoints on a private network"
+            log::info!(
+                "causal-metadata tokens and relay connections are keyed with the cluster \
+                 secret (gossip is not authenticated: keep its UDP port private)"
             );
         }
         None => log::warn!(
