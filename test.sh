@@ -28,6 +28,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "unit and integration tests (cargo test)"
 cargo test --workspace --all-targets
 
+# The parsers' fuzz targets (src/fuzz.rs) with many more inputs than the unit run gives them:
+# about 20 s here.
+step "fuzz targets (20,000 inputs each)"
+PROPTEST_CASES=20000 cargo test --lib fuzz
+
 step "load generator smoke run"
 bench/smoke.sh
 

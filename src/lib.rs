@@ -28,6 +28,8 @@ pub mod causal;
 pub mod codec;
 pub mod config;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 pub mod internal;
 pub mod membership;

@@ -79,7 +79,7 @@ impl KvRequest {
 }
 
 /// The key as the client wrote it: the rest of the path, percent-decoded once.
-fn key_from_path(path_and_query: &str) -> Result<String, KvsError> {
+pub(crate) fn key_from_path(path_and_query: &str) -> Result<String, KvsError> {
     let path = path_and_query.split('?').next().unwrap_or_default();
     let raw = path.strip_prefix(PREFIX).unwrap_or_default();
     percent_encoding::percent_decode_str(raw)

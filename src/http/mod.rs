@@ -1,10 +1,10 @@
 //! The HTTP surface, for clients only: the contract (`kv`, `view`, `shard`) and the node's
 //! storage counts. Nodes talk to each other on the relay channel ([`crate::internal`]).
 
-mod kv;
+pub(crate) mod kv;
 pub mod reply;
-mod shard;
-mod view;
+pub(crate) mod shard;
+pub(crate) mod view;
 
 use std::sync::Arc;
 
