@@ -185,6 +185,22 @@ async fn follow_relay_addresses(
     }
 }
 
+/// The cluster id gossip messages carry: chitchat answers a node of another id `BadCluster`
+/// and never merges its state. Derived from the cluster secret (a key derivation of its
+/// own), so that a node of another store, or one without the secret, cannot join; and so
+/// that the secret itself never travels. It is not an authentication of every message
+/// (docs/security.md: chitchat's transport offers no hook to tag datagrams).
+fn gossip_cluster_id(config: &Config) -> String {
+    match &config.cluster_secret {
+        None => "kvs".to_string(),
+        Some(secret) => {
+            let key = blake3::derive_key("kvs 2026-12-01 gossip cluster id", secret.as_bytes());
+            let hex: String = key[..16].iter().map(|b| format!("{b:02x}")).collect();
+            format!("kvs-{hex}")
+        }
+    }
+}
+
 impl Membership {
     /// Starts gossiping on the bind address (UDP, same port as HTTP), seeded from `VIEW`.
     pub async fn start(config: &Config, initial: Vec<(String, String)>) -> anyhow::Result<Self> {
@@ -195,7 +211,7 @@ impl Membership {
             .unwrap_or(0);
         let chitchat_config = ChitchatConfig {
             chitchat_id: ChitchatId::new(me.to_string(), generation, me),
-            cluster_id: "kvs".to_string(),
+            cluster_id: gossip_cluster_id(config),
             gossip_interval: config.gossip_interval,
             listen_addr: config.bind_address,
             seed_nodes: config

@@ -303,3 +303,38 @@ async fn an_outsider_cannot_act_as_a_node_on_any_port() {
         );
     }
 }
+
+/// A node started with another store's secret, though every node's `VIEW` names it, never
+/// joins: gossip refuses its cluster id, so no node ever lists it, nor it them.
+#[tokio::test]
+async fn a_node_with_another_secret_cannot_join() {
+    let mut c = Cluster::spawn_some(4, 0, Some(1), FMT);
+    for i in 0..4 {
+        let secret = if i < 3 {
+            "the-secret-of-the-three-node-store"
+        } else {
+            "the-secret-of-some-other-store-42"
+        };
+        c.set_env(i, &[("KVS_CLUSTER_SECRET", secret)]);
+        c.restart(i);
+    }
+    let store: Vec<_> = c.addrs()[..3].to_vec();
+    for i in 0..3 {
+        c.wait_view(i, &store, READY_TIMEOUT).await;
+    }
+    // Watched for a while (gossip rounds are 200 ms): the stranger never appears.
+    let stranger = c.addr(3).to_string();
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < std::time::Duration::from_secs(3) {
+        for i in 0..3 {
+            let view = c.view_of(i).await.unwrap();
+            assert!(
+                !view.contains(&stranger),
+                "node {i} lists the stranger: {view:?}"
+            );
+        }
+        let view = c.view_of(3).await.unwrap();
+        assert_eq!(view, vec![stranger.clone()], "the stranger's view");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
