@@ -1,7 +1,14 @@
 //! Compact binary forms shared by the causal-metadata token and the packed storage format:
-//! node addresses (`4` or `6`, the IP octets, then the port, big-endian) and LEB128 varints.
+//! node addresses (`4` or `6`, the IP octets, then the port, big-endian) and LEB128 varints;
+//! and the constant-time comparison every secret-derived check uses.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Whether `a` and `b` are equal, in a time that depends on their lengths only: a check of
+/// a tag, proof or token must not reveal how much of a guess was right.
+pub fn same_secret_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 pub fn put_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
     match addr.ip() {

@@ -138,8 +138,7 @@ impl AdminToken {
         let Some(presented) = authorization.and_then(|v| v.strip_prefix("Bearer ")) else {
             return false;
         };
-        let (a, b) = (presented.trim().as_bytes(), self.0.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        crate::codec::same_secret_bytes(presented.trim().as_bytes(), self.0.as_bytes())
     }
 }
 

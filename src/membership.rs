@@ -164,6 +164,27 @@ impl RelayAddresses {
     }
 }
 
+/// The most a call waits for gossip to tell a node's relay port (the first second after
+/// this node or that one started), before it counts the node as unreachable.
+pub const RELAY_ADDRESS_WAIT: Duration = Duration::from_secs(2);
+
+/// `node`'s relay address from `relays`, waiting until `until` for gossip to tell it.
+pub async fn await_relay_address(
+    relays: &watch::Receiver<RelayAddresses>,
+    node: &NodeId,
+    until: tokio::time::Instant,
+) -> Option<NodeId> {
+    if let Some(known) = relays.borrow().get(node) {
+        return Some(known);
+    }
+    let mut relays = relays.clone();
+    let heard = tokio::time::timeout_at(until, relays.wait_for(|r| r.get(node).is_some())).await;
+    if let Ok(Ok(seen)) = &heard {
+        return seen.get(node);
+    }
+    None
+}
+
 /// Refreshes the relay addresses from every node state chitchat holds, each gossip round.
 async fn follow_relay_addresses(
     chitchat: std::sync::Weak<tokio::sync::Mutex<chitchat::Chitchat>>,
@@ -297,19 +318,13 @@ impl Membership {
         self.relays.clone()
     }
 
-    /// [`Self::relay_address`], waiting until `until` for the node's gossip to say it (the
-    /// first second after this node or that one started).
-    pub async fn await_relay_address(&self, node: &NodeId, until: Instant) -> Option<NodeId> {
-        if let Some(address) = self.relay_address(node) {
-            return Some(address);
-        }
-        let mut relays = self.relays.clone();
-        let known = relays.wait_for(|r| r.get(node).is_some());
-        tokio::time::timeout_at(until.into(), known)
-            .await
-            .ok()?
-            .ok()?;
-        self.relay_address(node)
+    /// [`Self::relay_address`], waiting until `until` for the node's gossip to say it.
+    pub async fn await_relay_address(
+        &self,
+        node: &NodeId,
+        until: tokio::time::Instant,
+    ) -> Option<NodeId> {
+        await_relay_address(&self.relays, node, until).await
     }
 
     /// The view as the view endpoints report it.

@@ -11,13 +11,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::membership::RelayAddresses;
+use crate::membership::{await_relay_address, RelayAddresses, RELAY_ADDRESS_WAIT};
 use crate::relay::{self, Call, Kind};
 use crate::replication::protocol::Rpc;
 use crate::NodeId;
-
-/// How long a call waits for gossip to tell a peer's relay port (a node that just started).
-const ADDRESS_WAIT: Duration = Duration::from_secs(2);
 
 /// Forwarding stops after this many hops (maps in flux can bounce a request once or twice).
 pub const MAX_HOPS: u32 = 4;
@@ -81,11 +78,8 @@ impl Peers {
     {
         let unreachable = |reason: String| PeerError::Unreachable { peer, reason };
         let deadline = tokio::time::Instant::now() + timeout;
-        let address = self
-            .relay_address(
-                peer,
-                deadline.min(tokio::time::Instant::now() + ADDRESS_WAIT),
-            )
+        let learnt_by = deadline.min(tokio::time::Instant::now() + RELAY_ADDRESS_WAIT);
+        let address = await_relay_address(&self.relays, &peer, learnt_by)
             .await
             .ok_or_else(|| {
                 unreachable("its relay port is not known (not heard by gossip)".into())
@@ -116,19 +110,5 @@ impl Peers {
             });
         }
         Ok(answer.body)
-    }
-
-    /// `peer`'s relay address, waiting until `until` for gossip to tell it.
-    async fn relay_address(&self, peer: NodeId, until: tokio::time::Instant) -> Option<NodeId> {
-        if let Some(known) = self.relays.borrow().get(&peer) {
-            return Some(known);
-        }
-        let mut relays = self.relays.clone();
-        let heard =
-            tokio::time::timeout_at(until, relays.wait_for(|r| r.get(&peer).is_some())).await;
-        if let Ok(Ok(seen)) = &heard {
-            return seen.get(&peer);
-        }
-        None
     }
 }

@@ -14,6 +14,7 @@ use super::{json_object, read_body, BODY_LIMIT};
 use crate::budget::Deadline;
 use crate::causal::CausalMetadata;
 use crate::error::KvsError;
+use crate::membership::RELAY_ADDRESS_WAIT;
 use crate::node::{Node, Route};
 use crate::peer::MAX_HOPS;
 use crate::relay::{Call, Kind, RelayError};
@@ -370,10 +371,6 @@ enum Undelivered {
     Unknown,
 }
 
-/// How long a request waits for gossip to tell a member's relay port (a node that just
-/// started, or a member that just did), before trying the next member.
-const RELAY_ADDRESS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// How often one write is sent to its owner: again only when a connection died with it on
 /// it, and each attempt is bounded by the request's deadline as well.
 const MAX_WRITE_ATTEMPTS: u8 = 4;
@@ -418,7 +415,7 @@ async fn relay_once(
     let learnt_by = request.deadline.within(RELAY_ADDRESS_WAIT);
     let Some(relay_address) = node
         .membership
-        .await_relay_address(&member, learnt_by.into_std())
+        .await_relay_address(&member, learnt_by)
         .await
     else {
         log::debug!("forwarding to {member}: its relay port is not known yet");

@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::codec::same_secret_bytes;
+
 /// The relay protocol's version: a peer speaking another is refused.
 pub const VERSION: u8 = 1;
 const MAGIC: &[u8; 4] = b"KVSR";
@@ -80,10 +82,6 @@ pub enum HandshakeError {
     TimedOut,
 }
 
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn check_head(bytes: &[u8]) -> Result<(), HandshakeError> {
     if &bytes[..4] != MAGIC {
         return Err(HandshakeError::NotRelay);
@@ -127,7 +125,7 @@ pub fn answer(
 ) -> Result<[u8; PROOF], HandshakeError> {
     check_head(reply)?;
     let nonce_s = &reply[5..5 + NONCE];
-    if !same(&reply[5 + NONCE..], &key.proof(b"server", nonce_c, nonce_s)) {
+    if !same_secret_bytes(&reply[5 + NONCE..], &key.proof(b"server", nonce_c, nonce_s)) {
         return Err(HandshakeError::WrongSecret);
     }
     Ok(key.proof(b"client", nonce_c, nonce_s))
@@ -162,7 +160,7 @@ pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
         stream.write_all(&out).await.map_err(io)?;
         let mut proof = [0; PROOF];
         stream.read_exact(&mut proof).await.map_err(io)?;
-        if same(&proof, &expected) {
+        if same_secret_bytes(&proof, &expected) {
             Ok(())
         } else {
             Err(HandshakeError::WrongSecret)
@@ -181,7 +179,7 @@ mod tests {
         let nonce_c = [1; NONCE];
         let (out, expected) = reply(&server_key, &hello(nonce_c), [2; NONCE])?;
         let proof = answer(&client_key, &nonce_c, &out)?;
-        if same(&proof, &expected) {
+        if same_secret_bytes(&proof, &expected) {
             Ok(())
         } else {
             Err(HandshakeError::WrongSecret)
