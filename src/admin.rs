@@ -17,6 +17,7 @@
 //! shard. A frozen node that hears nothing more aborts by itself after [`FREEZE_LIMIT`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,9 +27,8 @@ use tokio::time::Instant;
 use crate::budget::Deadline;
 use crate::error::{KvsError, Result};
 use crate::node::{Node, PendingReshard};
-use crate::replication::protocol::{
-    Absorb, Done as OkReply, EpochMessage, KeyCount, MapMessage, Rpc,
-};
+use crate::peer::{Internode, PeerError};
+use crate::replication::protocol::{Absorb, KeyCount};
 use crate::replication::{pull, push};
 use crate::shard::{key_hash, MapError, ShardId, ShardMap};
 use crate::storage::Record;
@@ -64,27 +64,23 @@ async fn lock_admin(node: &Node) -> Result<tokio::sync::MutexGuard<'_, ()>> {
         .map_err(|_| KvsError::Conflict("Another shard change is in progress".into()))
 }
 
-/// Sends `body` to every node in `to` and returns the nodes that failed.
-async fn broadcast<T: serde::Serialize>(
-    node: &Node,
-    to: &[NodeId],
-    rpc: Rpc,
-    body: &T,
-    timeout: Duration,
-) -> Vec<NodeId> {
-    let calls = to.iter().map(|&p| async move {
-        (
-            p,
-            node.peers.call::<_, OkReply>(p, rpc, body, timeout).await,
-        )
+/// Makes `call` to every node in `to` at once and returns the nodes it failed at.
+async fn each<F, Fut>(to: &[NodeId], what: &str, call: F) -> Vec<NodeId>
+where
+    F: Fn(NodeId) -> Fut,
+    Fut: Future<Output = std::result::Result<(), PeerError>>,
+{
+    let calls = to.iter().map(|&p| {
+        let call = call(p);
+        async move { (p, call.await) }
     });
     join_all(calls)
         .await
         .into_iter()
         .filter_map(|(p, r)| match r {
-            Ok(_) => None,
+            Ok(()) => None,
             Err(e) => {
-                log::warn!("{rpc} at {p} failed: {e}");
+                log::warn!("{what} at {p} failed: {e}");
                 Some(p)
             }
         })
@@ -104,45 +100,53 @@ pub async fn add_member(node: &Arc<Node>, shard: ShardId, member: NodeId) -> Res
     if !node.membership.is_up(&member) {
         return Err(KvsError::BadRequest(format!("Node {member} is not up")));
     }
-    if map.shard_of(&member) != Some(shard) {
-        let next = map.with_member(shard, member).map_err(map_error)?;
-        node.install_map(next.clone(), false);
-        let everyone: Vec<NodeId> = node
-            .membership
-            .up_nodes()
-            .into_iter()
-            .filter(|n| *n != node.me)
-            .collect();
-        let failed = broadcast(
-            node,
-            &everyone,
-            Rpc::Map,
-            &MapMessage { map: next },
-            NOTICE_TIMEOUT,
-        )
+    let next = match map.shard_of(&member) {
+        Some(s) if s == shard => None,
+        _ => {
+            let next = map.with_member(shard, member).map_err(map_error)?;
+            node.install_map(next.clone(), false);
+            Some(next)
+        }
+    };
+    let everyone: Vec<NodeId> = node
+        .membership
+        .up_nodes()
+        .into_iter()
+        .filter(|n| *n != node.me)
+        .collect();
+    let epoch = node.map().epoch;
+    let count = drive_add_member(node.peers.as_ref(), &everyone, member, next.as_ref(), epoch);
+    let count = count.await?;
+    log::info!("{member} joined shard {shard} holding {} keys", count.count);
+    Ok(())
+}
+
+/// The coordinator's messages of an add-member, once it has installed `next` (none when the
+/// member is in the shard already, and only its copy is retried): the map to every other
+/// live node, then the new member's copy of its shard, whose key count it answers.
+pub async fn drive_add_member(
+    peers: &dyn Internode,
+    everyone: &[NodeId],
+    member: NodeId,
+    next: Option<&ShardMap>,
+    epoch: u64,
+) -> Result<KeyCount> {
+    if let Some(next) = next {
+        let failed = each(everyone, "map", |p| {
+            peers.install_map(p, next, NOTICE_TIMEOUT)
+        })
         .await;
         if failed.contains(&member) {
             return Err(KvsError::Unavailable);
         }
     }
-    let epoch = node.map().epoch;
-    let message = EpochMessage {
-        epoch,
-        participants: Vec::new(),
-    };
-    let copy = node
-        .peers
-        .call::<_, KeyCount>(member, Rpc::CatchUp, &message, TRANSFER_TIMEOUT);
-    match copy.await {
-        Ok(count) => {
-            log::info!("{member} joined shard {shard} holding {} keys", count.count);
-            Ok(())
-        }
-        Err(e) => {
-            log::warn!("{member} could not copy shard {shard}: {e}");
-            Err(KvsError::Unavailable)
-        }
-    }
+    peers
+        .catch_up(member, epoch, TRANSFER_TIMEOUT)
+        .await
+        .map_err(|e| {
+            log::warn!("{member} could not copy its shard: {e}");
+            KvsError::Unavailable
+        })
 }
 
 /// On a new member: copy the shard from every live member, then report the key count.
@@ -175,47 +179,37 @@ pub async fn reshard(node: &Arc<Node>, count: u32) -> Result<()> {
         "resharding into {count} shards over {} nodes",
         participants.len()
     );
+    drive_reshard(node.peers.as_ref(), &participants, &next).await
+}
+
+/// The coordinator's three phases of a reshard to `next` over `participants`: prepare
+/// everywhere, then transfer everywhere, then commit everywhere. A failed prepare or
+/// transfer aborts everywhere and answers 503; a missed commit does not fail the reshard
+/// (the map is decided once every participant has transferred, and a node that missed the
+/// commit learns it by gossip).
+pub async fn drive_reshard(
+    peers: &dyn Internode,
+    participants: &[NodeId],
+    next: &ShardMap,
+) -> Result<()> {
     let epoch = next.epoch;
-    let abort = |node: &Arc<Node>, participants: Vec<NodeId>| {
-        let node = node.clone();
-        async move {
-            let message = EpochMessage {
-                epoch,
-                participants: Vec::new(),
-            };
-            broadcast(&node, &participants, Rpc::Abort, &message, NOTICE_TIMEOUT).await;
-        }
+    let abort = || {
+        each(participants, "abort", |p| {
+            peers.abort(p, epoch, NOTICE_TIMEOUT)
+        })
     };
-    let prepare = MapMessage { map: next };
-    if !broadcast(node, &participants, Rpc::Prepare, &prepare, PREPARE_TIMEOUT)
-        .await
-        .is_empty()
-    {
-        abort(node, participants).await;
+    let prepare = |p| peers.prepare(p, next, PREPARE_TIMEOUT);
+    if !each(participants, "prepare", prepare).await.is_empty() {
+        abort().await;
         return Err(KvsError::Unavailable);
     }
-    let transfer = EpochMessage {
-        epoch,
-        participants: participants.clone(),
-    };
-    if !broadcast(
-        node,
-        &participants,
-        Rpc::Transfer,
-        &transfer,
-        TRANSFER_TIMEOUT,
-    )
-    .await
-    .is_empty()
-    {
-        abort(node, participants).await;
+    let transfer = |p| peers.transfer(p, epoch, participants, TRANSFER_TIMEOUT);
+    if !each(participants, "transfer", transfer).await.is_empty() {
+        abort().await;
         return Err(KvsError::Unavailable);
     }
-    let commit = EpochMessage {
-        epoch,
-        participants: Vec::new(),
-    };
-    let missed = broadcast(node, &participants, Rpc::Commit, &commit, NOTICE_TIMEOUT).await;
+    let commit = |p| peers.commit(p, epoch, NOTICE_TIMEOUT);
+    let missed = each(participants, "commit", commit).await;
     if !missed.is_empty() {
         log::warn!("{missed:?} missed the commit; they will learn the map by gossip");
     }
@@ -289,10 +283,10 @@ pub async fn transfer(node: &Arc<Node>, epoch: u64, participants: &[NodeId]) -> 
                 ),
             };
         let plan = plan_transfer(node.me, &current, &next, participants, records);
-        let sends = plan.into_iter().map(|(target, records)| {
-            let node = node.clone();
-            async move { send_records(&node, target, &records).await }
-        });
+        let peers = node.peers.as_ref();
+        let sends = plan
+            .into_iter()
+            .map(|(target, records)| async move { send_records(peers, target, &records).await });
         if !join_all(sends).await.into_iter().all(|delivered| delivered) {
             return Err(KvsError::Unavailable);
         }
@@ -306,19 +300,15 @@ pub async fn transfer(node: &Arc<Node>, epoch: u64, participants: &[NodeId]) -> 
 /// Sends records to `target` in chunks, retrying each chunk a few times (a receiver busy
 /// with other transfers may time out; merging a chunk twice is harmless). Returns whether
 /// every chunk was delivered.
-async fn send_records(node: &Node, target: NodeId, records: &[Record]) -> bool {
+async fn send_records(peers: &dyn Internode, target: NodeId, records: &[Record]) -> bool {
     for chunk in records.chunks(TRANSFER_CHUNK) {
         let body = Absorb {
             records: chunk.to_vec(),
         };
         let mut delivered = false;
         for attempt in 0..TRANSFER_ATTEMPTS {
-            match node
-                .peers
-                .call::<_, OkReply>(target, Rpc::Absorb, &body, TRANSFER_TIMEOUT)
-                .await
-            {
-                Ok(_) => {
+            match peers.absorb(target, &body, TRANSFER_TIMEOUT).await {
+                Ok(()) => {
                     delivered = true;
                     break;
                 }
@@ -457,12 +447,9 @@ pub async fn hand_off_foreign_keys(node: Arc<Node>) {
             .members(shard)
             .map(|m| m.iter().copied().collect())
             .unwrap_or_default();
-        let delivered = join_all(members.iter().map(|&m| {
-            let node = node.clone();
-            let records = &records;
-            async move { send_records(&node, m, records).await }
-        }))
-        .await;
+        let peers = node.peers.as_ref();
+        let records = &records;
+        let delivered = join_all(members.iter().map(|&m| send_records(peers, m, records))).await;
         all_delivered &= delivered.into_iter().any(|ok| ok);
     }
     if all_delivered && node.map().epoch == map.epoch {
@@ -474,12 +461,304 @@ pub async fn hand_off_foreign_keys(node: Arc<Node>) {
 mod tests {
     use super::*;
     use crate::causal::Stamp;
+    use crate::peer::memory::{Fault, Handler, MemoryNetwork};
+    use crate::replication::protocol::{EpochMessage, MapMessage, Rpc};
     use crate::storage::Entry;
+    use bytes::Bytes;
+    use std::sync::Mutex;
 
     fn nodes(range: std::ops::RangeInclusive<u8>) -> BTreeSet<NodeId> {
         range
             .map(|i| format!("10.10.0.{i}:8080").parse().unwrap())
             .collect()
+    }
+
+    fn id(i: u8) -> NodeId {
+        format!("10.10.0.{i}:8080").parse().unwrap()
+    }
+
+    /// What a scripted participant went through.
+    #[derive(Debug, Default, Clone, PartialEq, Eq)]
+    struct Phases {
+        /// The epoch prepared and not yet committed or aborted (writes frozen).
+        frozen: Option<u64>,
+        transferred: bool,
+        committed: Option<u64>,
+        aborted: bool,
+        absorbed: usize,
+        maps: Vec<u64>,
+        catch_ups: usize,
+    }
+
+    /// A node's side of the coordinators' messages, as the participant functions above keep
+    /// it, reduced to what a coordinator can observe; `refuse` answers 503 to one call.
+    #[derive(Default)]
+    struct Participant {
+        phases: Mutex<Phases>,
+        refuse: Option<Rpc>,
+        /// Refuse this many calls of any kind before serving (a busy receiver).
+        busy_calls: Mutex<usize>,
+    }
+
+    impl Participant {
+        fn refusing(rpc: Rpc) -> Self {
+            Self {
+                refuse: Some(rpc),
+                ..Self::default()
+            }
+        }
+
+        fn phases(&self) -> Phases {
+            self.phases.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Handler for Participant {
+        async fn handle(&self, rpc: Rpc, body: Bytes) -> (u16, Bytes) {
+            let ok = (200, Bytes::from_static(br#"{"ok":true}"#));
+            let refused = (503, Bytes::from_static(br#"{"error":"Unavailable"}"#));
+            {
+                let mut busy = self.busy_calls.lock().unwrap();
+                if *busy > 0 {
+                    *busy -= 1;
+                    return refused;
+                }
+            }
+            if self.refuse == Some(rpc) {
+                return refused;
+            }
+            let mut phases = self.phases.lock().unwrap();
+            let epoch = || serde_json::from_slice::<EpochMessage>(&body).unwrap().epoch;
+            match rpc {
+                Rpc::Prepare => {
+                    let message: MapMessage = serde_json::from_slice(&body).unwrap();
+                    phases.frozen = Some(message.map.epoch);
+                }
+                Rpc::Transfer if phases.frozen == Some(epoch()) => phases.transferred = true,
+                Rpc::Commit if phases.frozen == Some(epoch()) => {
+                    phases.frozen = None;
+                    phases.committed = Some(epoch());
+                }
+                Rpc::Abort => {
+                    phases.frozen = None;
+                    phases.aborted = true;
+                }
+                Rpc::Map => {
+                    let message: MapMessage = serde_json::from_slice(&body).unwrap();
+                    phases.maps.push(message.map.epoch);
+                }
+                Rpc::CatchUp => {
+                    phases.catch_ups += 1;
+                    return (200, Bytes::from_static(br#"{"shard":1,"count":42}"#));
+                }
+                Rpc::Absorb => {
+                    let absorb: Absorb = serde_json::from_slice(&body).unwrap();
+                    phases.absorbed += absorb.records.len();
+                }
+                _ => return (409, Bytes::from_static(br#"{"error":"not prepared"}"#)),
+            }
+            ok
+        }
+    }
+
+    /// A network of scripted participants 2..=`last`; node `refusing` refuses `rpc`.
+    fn network(last: u8, refusing: Option<(u8, Rpc)>) -> (MemoryNetwork, Vec<Arc<Participant>>) {
+        let net = MemoryNetwork::new();
+        let mut participants = Vec::new();
+        for i in 2..=last {
+            let participant = match refusing {
+                Some((n, rpc)) if n == i => Participant::refusing(rpc),
+                _ => Participant::default(),
+            };
+            let participant = Arc::new(participant);
+            net.attach(id(i), participant.clone());
+            participants.push(participant);
+        }
+        (net, participants)
+    }
+
+    fn resharded(last: u8) -> (Vec<NodeId>, ShardMap) {
+        let all = nodes(2..=last);
+        let next = ShardMap::initial(&all, 2)
+            .unwrap()
+            .resharded(&all, 3)
+            .unwrap();
+        (all.into_iter().collect(), next)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reshard_prepares_transfers_and_commits_everywhere_in_that_order() {
+        let (net, participants) = network(7, None);
+        let (everyone, next) = resharded(7);
+        drive_reshard(&net, &everyone, &next).await.unwrap();
+        for p in &participants {
+            let phases = p.phases();
+            assert_eq!(phases.committed, Some(next.epoch));
+            assert!(phases.transferred && phases.frozen.is_none() && !phases.aborted);
+        }
+        let order: Vec<Rpc> = net.delivered().into_iter().map(|(_, rpc)| rpc).collect();
+        let phase = |rpc| order.iter().position(|r| *r == rpc).unwrap();
+        let last = |rpc| order.iter().rposition(|r| *r == rpc).unwrap();
+        assert!(last(Rpc::Prepare) < phase(Rpc::Transfer));
+        assert!(last(Rpc::Transfer) < phase(Rpc::Commit));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_prepare_aborts_everywhere_and_nothing_moves() {
+        let (net, participants) = network(7, Some((4, Rpc::Prepare)));
+        let (everyone, next) = resharded(7);
+        let result = drive_reshard(&net, &everyone, &next).await;
+        assert!(matches!(result, Err(KvsError::Unavailable)), "{result:?}");
+        assert!(net.delivered_to(Rpc::Transfer).is_empty());
+        assert!(net.delivered_to(Rpc::Commit).is_empty());
+        assert_eq!(net.delivered_to(Rpc::Abort).len(), everyone.len());
+        for p in &participants {
+            let phases = p.phases();
+            assert!(phases.aborted && phases.frozen.is_none() && phases.committed.is_none());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_participant_that_dies_after_preparing_fails_the_transfer_and_aborts_the_rest() {
+        let (net, participants) = network(7, None);
+        net.fail_after(id(5), 1, Fault::Down);
+        let (everyone, next) = resharded(7);
+        let result = drive_reshard(&net, &everyone, &next).await;
+        assert!(matches!(result, Err(KvsError::Unavailable)), "{result:?}");
+        assert!(net.delivered_to(Rpc::Commit).is_empty());
+        for (i, p) in participants.iter().enumerate() {
+            let phases = p.phases();
+            assert_eq!(phases.committed, None);
+            // The dead one stays frozen until FREEZE_LIMIT; everyone else resumes now.
+            assert_eq!(
+                phases.frozen.is_some(),
+                i == 3,
+                "participant {i}: {phases:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_participant_costs_the_prepare_timeout_then_aborts() {
+        let (net, participants) = network(7, None);
+        net.set_fault(id(3), Some(Fault::Silent));
+        let (everyone, next) = resharded(7);
+        let started = Instant::now();
+        let result = drive_reshard(&net, &everyone, &next).await;
+        assert!(result.is_err());
+        // The aborts go out at once; the paused one's abort waits out its own timeout.
+        assert_eq!(started.elapsed(), PREPARE_TIMEOUT + NOTICE_TIMEOUT);
+        assert!(participants.iter().all(|p| p.phases().frozen.is_none()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_commit_answer_still_completes_the_reshard() {
+        let (net, participants) = network(7, None);
+        // Serves prepare and transfer, then its commit is applied but the answer is lost.
+        net.fail_after(id(6), 2, Fault::AnswerLost);
+        let (everyone, next) = resharded(7);
+        drive_reshard(&net, &everyone, &next).await.unwrap();
+        assert!(participants
+            .iter()
+            .all(|p| p.phases().committed == Some(next.epoch)));
+        assert!(net.delivered_to(Rpc::Abort).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missed_commit_leaves_that_node_frozen_for_gossip_or_its_limit() {
+        let (net, participants) = network(7, None);
+        net.fail_after(id(3), 2, Fault::Down);
+        let (everyone, next) = resharded(7);
+        drive_reshard(&net, &everyone, &next).await.unwrap();
+        let phases: Vec<Phases> = participants.iter().map(|p| p.phases()).collect();
+        assert_eq!(phases[1].frozen, Some(next.epoch), "{phases:?}");
+        assert!(phases
+            .iter()
+            .enumerate()
+            .all(|(i, p)| i == 1 || p.committed == Some(next.epoch)));
+    }
+
+    fn added(member: NodeId) -> ShardMap {
+        ShardMap::initial(&nodes(2..=5), 2)
+            .unwrap()
+            .with_member(1, member)
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn add_member_tells_everyone_then_has_the_member_copy() {
+        let (net, participants) = network(6, None);
+        let next = added(id(6));
+        let everyone: Vec<NodeId> = nodes(3..=6).into_iter().collect();
+        let count = drive_add_member(&net, &everyone, id(6), Some(&next), next.epoch)
+            .await
+            .unwrap();
+        assert_eq!(count.count, 42);
+        for p in &participants[1..] {
+            assert_eq!(p.phases().maps, vec![next.epoch]);
+        }
+        assert_eq!(participants[4].phases().catch_ups, 1);
+        let order = net.delivered();
+        assert_eq!(
+            order.last(),
+            Some(&(id(6), Rpc::CatchUp)),
+            "the copy comes last"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn add_member_fails_when_the_member_misses_the_map_but_not_when_another_does() {
+        let next = added(id(6));
+        let everyone: Vec<NodeId> = nodes(3..=6).into_iter().collect();
+
+        let (net, _) = network(6, None);
+        net.set_fault(id(6), Some(Fault::Down));
+        let result = drive_add_member(&net, &everyone, id(6), Some(&next), next.epoch).await;
+        assert!(matches!(result, Err(KvsError::Unavailable)));
+        assert!(net.delivered_to(Rpc::CatchUp).is_empty());
+
+        let (net, _) = network(6, None);
+        net.set_fault(id(4), Some(Fault::Down));
+        let result = drive_add_member(&net, &everyone, id(6), Some(&next), next.epoch).await;
+        assert!(
+            result.is_ok(),
+            "a node that missed the map learns it by gossip"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn add_member_answers_503_when_the_copy_fails_and_retries_only_the_copy() {
+        let next = added(id(6));
+        let everyone: Vec<NodeId> = nodes(3..=6).into_iter().collect();
+        let (net, participants) = network(6, Some((6, Rpc::CatchUp)));
+        let result = drive_add_member(&net, &everyone, id(6), Some(&next), next.epoch).await;
+        assert!(matches!(result, Err(KvsError::Unavailable)));
+
+        // Asked again once the member is in the map: no second round of maps.
+        let (net, _) = network(6, None);
+        drive_add_member(&net, &everyone, id(6), None, next.epoch)
+            .await
+            .unwrap();
+        assert_eq!(net.delivered(), vec![(id(6), Rpc::CatchUp)]);
+        assert_eq!(participants[4].phases().catch_ups, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transferred_records_reach_a_busy_receiver_after_retries_and_not_a_dead_one() {
+        let (net, participants) = network(3, None);
+        *participants[0].busy_calls.lock().unwrap() = 2;
+        let records: Vec<Record> = (0..(TRANSFER_CHUNK + 5))
+            .map(|i| record(&format!("k{i}")))
+            .collect();
+        assert!(send_records(&net, id(2), &records).await);
+        assert_eq!(participants[0].phases().absorbed, records.len());
+
+        net.set_fault(id(3), Some(Fault::Down));
+        let started = Instant::now();
+        assert!(!send_records(&net, id(3), &records).await);
+        // 250 + 500 + 1000 + 2000 ms of backoff, then given up.
+        assert_eq!(started.elapsed(), Duration::from_millis(3750));
     }
 
     fn record(key: &str) -> Record {

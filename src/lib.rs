@@ -109,8 +109,8 @@ fn announce_secrets(config: &Config) {
         Some(secret) => {
             causal::key_tokens_with(secret.as_bytes());
             log::info!(
-                "causal-metadata tokens and relay connections are keyed with the cluster \
-                 secret (gossip is not authenticated: keep its UDP port private)"
+                "causal-metadata tokens, relay connections and gossip values are keyed with \
+                 the cluster secret"
             );
         }
         None => log::warn!(

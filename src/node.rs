@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::config::SyncMode;
 use crate::error::{KvsError, Result};
 use crate::membership::{Membership, KEY_MAP};
-use crate::peer::Peers;
+use crate::peer::{Internode, RelayPeers};
 use crate::recovery::{Recovered, META_MAP, META_STATE};
 use crate::replication::outbox::Outbox;
 use crate::replication::protocol::{
@@ -104,7 +104,8 @@ pub struct Node {
     synced: AtomicBool,
     pub outbox: Outbox,
     pub membership: Membership,
-    pub peers: Peers,
+    /// The messages this node sends other nodes.
+    pub peers: Arc<dyn Internode>,
     /// Carries forwarded client requests, and the calls of `peers`, to other nodes.
     pub relay: Arc<crate::relay::Client>,
     write_gate: Arc<RwLock<()>>,
@@ -161,7 +162,7 @@ impl Node {
             map: watch::channel(Arc::new(start.map)).0,
             synced: AtomicBool::new(start.synced),
             outbox: Outbox::new(OUTBOX_CAPACITY),
-            peers: Peers::new(relay.clone(), membership.relay_addresses()),
+            peers: Arc::new(RelayPeers::new(relay.clone(), membership.relay_addresses())),
             membership,
             relay,
             write_gate: Arc::new(RwLock::new(())),

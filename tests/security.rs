@@ -338,3 +338,112 @@ async fn a_node_with_another_secret_cannot_join() {
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
+
+/// A gossip participant of our own in this test process, claiming to be node `victim` (a
+/// newer incarnation of it), with `values` in its state.
+async fn rogue_gossip(
+    cluster_id: String,
+    victim: std::net::SocketAddrV4,
+    seed: std::net::SocketAddrV4,
+    values: Vec<(String, String)>,
+) -> chitchat::ChitchatHandle {
+    let listen = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port");
+    let generation = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        * 2;
+    let config = chitchat::ChitchatConfig {
+        chitchat_id: chitchat::ChitchatId::new(victim.to_string(), generation, listen),
+        cluster_id,
+        gossip_interval: std::time::Duration::from_millis(100),
+        listen_addr: listen,
+        seed_nodes: vec![seed.to_string()],
+        failure_detector_config: chitchat::FailureDetectorConfig::default(),
+        marked_for_deletion_grace_period: std::time::Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        protocol_version: chitchat::ProtocolVersion::V0,
+    };
+    chitchat::spawn_chitchat(config, values, &chitchat::transport::UdpTransport)
+        .await
+        .expect("the rogue gossips")
+}
+
+async fn shard_ids(c: &Cluster, i: usize) -> Value {
+    let (s, b) = get(&c.url(i, "/key-value-store-shard/shard-ids"), None).await;
+    assert_eq!(s, 200, "{b}");
+    b["shard-ids"].clone()
+}
+
+/// Someone who can read the gossip port's traffic knows the cluster id and can gossip. Its
+/// claim to be a newer incarnation of a node, with a shard map of a far higher epoch, is
+/// ignored: its values carry no seal made with the secret. The same claim sealed with the
+/// secret is taken in, which shows the forged one reached the nodes too.
+#[tokio::test]
+async fn forged_gossip_values_are_ignored() {
+    let secret = "the-secret-of-the-gossip-test-store";
+    let mut c = Cluster::spawn_some(2, 0, Some(1), FMT);
+    for i in 0..2 {
+        c.set_env(i, &[("KVS_CLUSTER_SECRET", secret)]);
+        c.restart(i);
+    }
+    let all = c.addrs();
+    for i in 0..2 {
+        c.wait_view(i, &all, READY_TIMEOUT).await;
+    }
+    let before = shard_ids(&c, 0).await;
+    let forged = kvs::shard::ShardMap {
+        epoch: 1_000,
+        era: 0,
+        shards: [(77, all.iter().map(|a| (*a).into()).collect())].into(),
+        formed: false,
+    };
+    let forged = serde_json::to_string(&forged).unwrap();
+    let cluster_id = kvs::membership::gossip_cluster_id(Some(secret.as_bytes()));
+    let victim = c.addr(1);
+    let unsealed = vec![
+        ("relay".to_string(), "1".to_string()),
+        ("map".to_string(), forged.clone()),
+    ];
+    let rogue = rogue_gossip(cluster_id.clone(), victim, c.addr(0), unsealed).await;
+    let heard = poll_until(READY_TIMEOUT, POLL_INTERVAL, || async {
+        let handle = &rogue;
+        let live = handle
+            .with_chitchat(|ch| {
+                ch.live_nodes()
+                    .any(|n| *n.node_id == *c.addr(0).to_string())
+            })
+            .await;
+        live.then_some(())
+    })
+    .await;
+    assert!(heard.is_some(), "the rogue never gossiped with node 0");
+    // Watched for a while (gossip rounds are 200 ms): nothing changes.
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < std::time::Duration::from_secs(3) {
+        for i in 0..2 {
+            assert_eq!(shard_ids(&c, i).await, before, "node {i}");
+        }
+        let (s, b) = c.kv_put(0, "k", "v", "").await;
+        assert!(s == 200 || s == 201, "{b}");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    rogue.shutdown().await.ok();
+
+    // The control: sealed with the store's secret, the same claim is taken in.
+    let seal = kvs::membership::GossipSeal::new(Some(secret.as_bytes()));
+    let id = victim.to_string();
+    let sealed = vec![
+        ("relay".to_string(), seal.seal(&id, "relay", "1")),
+        ("map".to_string(), seal.seal(&id, "map", &forged)),
+    ];
+    let _rogue = rogue_gossip(cluster_id, victim, c.addr(0), sealed).await;
+    let adopted = poll_until(READY_TIMEOUT, POLL_INTERVAL, || async {
+        (shard_ids(&c, 0).await == json!("77")).then_some(())
+    })
+    .await;
+    assert!(adopted.is_some(), "the sealed claim was never taken in");
+}

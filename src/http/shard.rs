@@ -12,7 +12,6 @@ use super::{json_object, read_body, refuse_unless_admin, BODY_LIMIT};
 use crate::admin;
 use crate::error::KvsError;
 use crate::node::Node;
-use crate::replication::protocol::{KeyCount, Rpc};
 use crate::shard::ShardId;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -122,12 +121,7 @@ pub async fn count_keys(node: &Node, shard: ShardId) -> Result<usize, KvsError> 
     for member in node.forwarding_order(&map, members) {
         let answer = node
             .peers
-            .call::<_, KeyCount>(
-                member,
-                Rpc::KeyCount,
-                &json!({"shard": shard}),
-                Duration::from_secs(10),
-            )
+            .key_count(member, shard, Duration::from_secs(10))
             .await;
         if let Ok(count) = answer {
             if count.shard == shard {

@@ -10,7 +10,7 @@ use super::reply::{self, Op};
 use super::{json_object, read_body, refuse_unless_admin, BODY_LIMIT};
 use crate::error::KvsError;
 use crate::node::Node;
-use crate::replication::protocol::{Done as OkReply, Rpc, ViewChange};
+use crate::replication::protocol::ViewChange;
 use crate::NodeId;
 
 /// Reads `socket-address` from a body, with an error that says what is wrong.
@@ -90,7 +90,7 @@ async fn relay_change(node: Arc<Node>, add: bool, address: NodeId) {
     for peer in others {
         let _ = node
             .peers
-            .call::<_, OkReply>(peer, Rpc::View, &change, std::time::Duration::from_secs(2))
+            .view_change(peer, &change, std::time::Duration::from_secs(2))
             .await;
     }
 }

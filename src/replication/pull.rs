@@ -6,16 +6,18 @@
 //! node that restarted or joined a shard pulls everything once before it coordinates writes.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use tokio::task::JoinSet;
 
-use super::protocol::{Rpc, SyncRequest, SyncResponse};
+use super::protocol::{SyncRequest, SyncResponse};
 use crate::causal::{CausalMetadata, VectorClock};
 use crate::membership::{KEY_APPLIED, KEY_MAP};
 use crate::node::{CopyPart, Node};
+use crate::peer::Internode;
 use crate::shard::{PeerMap, ShardMap};
 use crate::NodeId;
 
@@ -30,13 +32,34 @@ const MAX_COPY_PAGES: usize = 100_000;
 
 /// Pulls from one peer and takes in the answer: a delta, or a full copy page by page.
 pub async fn pull_from(node: &Arc<Node>, peer: NodeId, full: bool) -> bool {
-    let mut request = node.pull_request(full);
+    let request = node.pull_request(full);
+    let take = |response, part| absorb(node.clone(), response, part);
+    copy_from(node.peers.as_ref(), peer, request, take).await
+}
+
+/// Sends pull `request` to `peer` and hands each answer to `take`: one for a delta, each
+/// page in order for a full copy. Stops, returning false, when a call fails, `take` refuses
+/// an answer, or a page comes from another era (a reshard came between).
+pub async fn copy_from<F, Fut>(
+    peers: &dyn Internode,
+    peer: NodeId,
+    mut request: SyncRequest,
+    mut take: F,
+) -> bool
+where
+    F: FnMut(SyncResponse, CopyPart) -> Fut,
+    Fut: Future<Output = bool>,
+{
     // The era, clock and Lamport time read before the first page: what the whole copy
-    // covers. A page of another era ends the copy (a reshard came between).
+    // covers.
     let mut first: Option<(u64, VectorClock, u64)> = None;
     for page in 0..MAX_COPY_PAGES {
-        let Some(mut response) = fetch(node, peer, &request).await else {
-            return false;
+        let mut response = match peers.pull(peer, &request, PULL_TIMEOUT).await {
+            Ok(response) => response,
+            Err(e) => {
+                log::debug!("pull from {peer} failed: {e}");
+                return false;
+            }
         };
         let (era, clock, lamport) = first
             .get_or_insert_with(|| (response.era, response.applied.clone(), response.lamport))
@@ -53,7 +76,7 @@ pub async fn pull_from(node: &Arc<Node>, peer: NodeId, full: bool) -> bool {
             (response.applied, response.lamport) = (clock, lamport);
         }
         let next = response.next.take();
-        if !absorb(node, response, part).await {
+        if !take(response, part).await {
             return false;
         }
         match next {
@@ -70,35 +93,8 @@ pub async fn pull_from(node: &Arc<Node>, peer: NodeId, full: bool) -> bool {
     false
 }
 
-async fn fetch(node: &Arc<Node>, peer: NodeId, request: &SyncRequest) -> Option<SyncResponse> {
-    let body = match node
-        .peers
-        .call_for_bytes(peer, Rpc::Sync, request, PULL_TIMEOUT)
-        .await
-    {
-        Ok(body) => body,
-        Err(e) => {
-            log::debug!("pull from {peer} failed: {e}");
-            return None;
-        }
-    };
-    // A page of a full copy is thousands of records (a source in memory answers a million
-    // at once): decoding them must not stall the runtime's other tasks.
-    let decoded =
-        tokio::task::spawn_blocking(move || serde_json::from_slice::<SyncResponse>(&body)).await;
-    match decoded {
-        Ok(Ok(response)) => Some(response),
-        Ok(Err(e)) => {
-            log::warn!("pull from {peer}: undecodable answer: {e}");
-            None
-        }
-        Err(_) => None,
-    }
-}
-
 /// Takes in one answer off the runtime: merging thousands of records is CPU.
-async fn absorb(node: &Arc<Node>, response: SyncResponse, part: CopyPart) -> bool {
-    let node = node.clone();
+async fn absorb(node: Arc<Node>, response: SyncResponse, part: CopyPart) -> bool {
     tokio::task::spawn_blocking(move || node.absorb_snapshot(response, part))
         .await
         .unwrap_or(false)
@@ -350,5 +346,183 @@ fn form_map_if_none(node: &Node, peers: &[(NodeId, ShardMap)]) {
             view.len()
         );
         node.install_map(map, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::causal::Stamp;
+    use crate::peer::memory::{Fault, Handler, MemoryNetwork};
+    use crate::replication::protocol::Rpc;
+    use crate::storage::{Entry, Record};
+    use bytes::Bytes;
+    use std::sync::Mutex;
+
+    fn id(i: u8) -> NodeId {
+        format!("10.20.0.{i}:8080").parse().unwrap()
+    }
+
+    fn record(key: &str) -> Record {
+        Record {
+            key: key.into(),
+            entry: Entry {
+                value: Some(format!("v-{key}")),
+                stamp: Stamp {
+                    era: 1,
+                    lamport: 1,
+                    origin: id(2),
+                    seq: 1,
+                },
+                metadata: String::new(),
+            },
+        }
+    }
+
+    /// A shard member answering full copies in pages of two records, its clock moving on
+    /// between pages as writes keep arriving; from `new_era_at` on, its pages are of era 2.
+    struct Source {
+        keys: Vec<String>,
+        pages_served: Mutex<u64>,
+        new_era_at: Option<u64>,
+    }
+
+    impl Source {
+        fn new(count: usize) -> Self {
+            Self {
+                keys: (0..count).map(|i| format!("k{i:02}")).collect(),
+                pages_served: Mutex::new(0),
+                new_era_at: None,
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Handler for Source {
+        async fn handle(&self, rpc: Rpc, body: Bytes) -> (u16, Bytes) {
+            assert_eq!(rpc, Rpc::Sync);
+            let request: SyncRequest = serde_json::from_slice(&body).unwrap();
+            let start = match &request.after {
+                Some(after) => self.keys.iter().position(|k| k == after).unwrap() + 1,
+                None => 0,
+            };
+            let end = (start + 2).min(self.keys.len());
+            let page = {
+                let mut served = self.pages_served.lock().unwrap();
+                *served += 1;
+                *served
+            };
+            let response = SyncResponse {
+                epoch: 1,
+                era: if self.new_era_at.is_some_and(|at| page >= at) {
+                    2
+                } else {
+                    1
+                },
+                applied: [(id(2), page * 10)].into_iter().collect(),
+                lamport: page,
+                records: self.keys[start..end].iter().map(|k| record(k)).collect(),
+                next: (end < self.keys.len()).then(|| self.keys[end - 1].clone()),
+            };
+            (200, Bytes::from(serde_json::to_vec(&response).unwrap()))
+        }
+    }
+
+    fn full_request() -> SyncRequest {
+        SyncRequest {
+            era: 1,
+            applied: VectorClock::default(),
+            full: true,
+            after: None,
+        }
+    }
+
+    type Taken = Arc<Mutex<Vec<(CopyPart, Vec<String>, u64)>>>;
+
+    /// A sink that keeps what it is handed: each part, its keys and its clock's entry.
+    fn sink(taken: &Taken) -> impl FnMut(SyncResponse, CopyPart) -> futures::future::Ready<bool> {
+        let taken = taken.clone();
+        move |response: SyncResponse, part| {
+            let keys = response.records.iter().map(|r| r.key.clone()).collect();
+            let clock = response.applied.get(&id(2));
+            taken.lock().unwrap().push((part, keys, clock));
+            futures::future::ready(true)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_copy_takes_every_page_in_order_and_ends_with_the_first_pages_clock() {
+        let net = MemoryNetwork::new();
+        net.attach(id(2), Arc::new(Source::new(5)));
+        let taken = Taken::default();
+        assert!(copy_from(&net, id(2), full_request(), sink(&taken)).await);
+        let taken = taken.lock().unwrap();
+        let parts: Vec<CopyPart> = taken.iter().map(|t| t.0).collect();
+        assert_eq!(parts, [CopyPart::Page, CopyPart::Page, CopyPart::Last]);
+        let keys: Vec<String> = taken.iter().flat_map(|t| t.1.clone()).collect();
+        assert_eq!(keys, ["k00", "k01", "k02", "k03", "k04"]);
+        // Every page holds its keys at least as new as the clock read before the first; a
+        // later page's clock may cover writes to keys already copied, so it is not claimed.
+        assert_eq!(taken[2].2, 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_that_dies_mid_copy_ends_the_copy_at_once_and_unfinished() {
+        let net = MemoryNetwork::new();
+        net.attach(id(2), Arc::new(Source::new(9)));
+        net.fail_after(id(2), 2, Fault::Down);
+        let taken = Taken::default();
+        let started = tokio::time::Instant::now();
+        assert!(!copy_from(&net, id(2), full_request(), sink(&taken)).await);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        let parts: Vec<CopyPart> = taken.lock().unwrap().iter().map(|t| t.0).collect();
+        assert_eq!(
+            parts,
+            [CopyPart::Page, CopyPart::Page],
+            "no Last: the copy is unfinished"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_source_costs_one_pull_timeout_and_a_copy_from_another_member_completes() {
+        let net = MemoryNetwork::new();
+        net.attach(id(2), Arc::new(Source::new(9)));
+        net.attach(id(3), Arc::new(Source::new(9)));
+        net.fail_after(id(2), 1, Fault::Silent);
+        let started = tokio::time::Instant::now();
+        let taken = Taken::default();
+        assert!(!copy_from(&net, id(2), full_request(), sink(&taken)).await);
+        assert_eq!(started.elapsed(), PULL_TIMEOUT);
+        let taken = Taken::default();
+        assert!(copy_from(&net, id(3), full_request(), sink(&taken)).await);
+        assert_eq!(taken.lock().unwrap().len(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_page_of_another_era_ends_the_copy_unfinished() {
+        let net = MemoryNetwork::new();
+        let mut source = Source::new(9);
+        source.new_era_at = Some(3);
+        net.attach(id(2), Arc::new(source));
+        let taken = Taken::default();
+        assert!(!copy_from(&net, id(2), full_request(), sink(&taken)).await);
+        assert_eq!(
+            taken.lock().unwrap().len(),
+            2,
+            "the era-2 page is not taken in"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_page_the_replica_cannot_take_ends_the_copy() {
+        let net = MemoryNetwork::new();
+        net.attach(id(2), Arc::new(Source::new(9)));
+        let mut pages = 0;
+        let refuse_second = |_: SyncResponse, _: CopyPart| {
+            pages += 1;
+            futures::future::ready(pages < 2)
+        };
+        assert!(!copy_from(&net, id(2), full_request(), refuse_second).await);
+        assert_eq!(net.delivered_to(Rpc::Sync).len(), 2);
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::protocol::{ReplicateAck, ReplicateBatch, Rpc};
+use super::protocol::{ReplicateAck, ReplicateBatch};
 use crate::node::Node;
 use crate::NodeId;
 
@@ -90,11 +90,7 @@ async fn push_to(node: Arc<Node>, peer: NodeId) {
             era,
             records: batch.records,
         };
-        match node
-            .peers
-            .call::<_, ReplicateAck>(peer, Rpc::Replicate, &message, PUSH_TIMEOUT)
-            .await
-        {
+        match node.peers.push(peer, &message, PUSH_TIMEOUT).await {
             Ok(ack) if ack.era == era => {
                 backoff = MIN_BACKOFF;
                 cursor = ack.applied + 1;
@@ -136,11 +132,7 @@ async fn probe(node: &Node, peer: NodeId, era: u64) {
         era,
         records: Vec::new(),
     };
-    match node
-        .peers
-        .call::<_, ReplicateAck>(peer, Rpc::Replicate, &message, PUSH_TIMEOUT)
-        .await
-    {
+    match node.peers.push(peer, &message, PUSH_TIMEOUT).await {
         Ok(ack) if ack.era == era => node.note_ack(peer, era, ack.applied),
         Ok(_) => {}
         Err(e) => log::debug!("probe of {peer} failed: {e}"),

@@ -1,81 +1,41 @@
-//! The calling side of the messages nodes send each other ([`Rpc`], served by
-//! [`crate::internal`]): JSON bodies in calls on the relay channel, which shares one
-//! authenticated connection per peer with forwarded client requests. Every call has a
-//! timeout.
+//! [`Internode`] over the relay channel: each call a frame of kind
+//! [`Kind::Internal`] on the authenticated connection this node keeps to the peer.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::sync::watch;
 
+use super::{Internode, PeerError};
 use crate::membership::{await_relay_address, RelayAddresses, RELAY_ADDRESS_WAIT};
 use crate::relay::{self, Call, Kind};
 use crate::replication::protocol::Rpc;
 use crate::NodeId;
 
-/// Forwarding stops after this many hops (maps in flux can bounce a request once or twice).
-pub const MAX_HOPS: u32 = 4;
-
-#[derive(Debug, thiserror::Error)]
-pub enum PeerError {
-    /// The exchange failed, possibly after the peer received the request.
-    #[error("{peer} unreachable: {reason}")]
-    Unreachable { peer: NodeId, reason: String },
-    #[error("{peer} answered {status}: {body}")]
-    Status {
-        peer: NodeId,
-        status: u16,
-        body: String,
-    },
-}
-
-/// Makes the calls of [`Rpc`] to other nodes, over the relay channel.
-pub struct Peers {
+/// Makes the calls of [`Internode`] to other nodes, over the relay channel.
+pub struct RelayPeers {
     relay: Arc<relay::Client>,
     /// Where each node's relay channel listens, from gossip.
     relays: watch::Receiver<RelayAddresses>,
 }
 
-impl Peers {
+impl RelayPeers {
     pub fn new(relay: Arc<relay::Client>, relays: watch::Receiver<RelayAddresses>) -> Self {
         Self { relay, relays }
     }
+}
 
-    /// Sends `body` as JSON in call `rpc` and decodes the JSON answer.
-    pub async fn call<Req, Resp>(
+#[async_trait]
+impl Internode for RelayPeers {
+    async fn exchange(
         &self,
         peer: NodeId,
         rpc: Rpc,
-        body: &Req,
+        body: Bytes,
         timeout: Duration,
-    ) -> Result<Resp, PeerError>
-    where
-        Req: Serialize + ?Sized,
-        Resp: DeserializeOwned,
-    {
-        let bytes = self.call_for_bytes(peer, rpc, body, timeout).await?;
-        serde_json::from_slice(&bytes).map_err(|e| PeerError::Status {
-            peer,
-            status: 200,
-            body: format!("undecodable answer: {e}"),
-        })
-    }
-
-    /// Like [`Peers::call`], but leaves the (successful) answer undecoded, for callers that
-    /// decode large answers off the runtime.
-    pub async fn call_for_bytes<Req>(
-        &self,
-        peer: NodeId,
-        rpc: Rpc,
-        body: &Req,
-        timeout: Duration,
-    ) -> Result<Bytes, PeerError>
-    where
-        Req: Serialize + ?Sized,
-    {
+    ) -> Result<Bytes, PeerError> {
         let unreachable = |reason: String| PeerError::Unreachable { peer, reason };
         let deadline = tokio::time::Instant::now() + timeout;
         let learnt_by = deadline.min(tokio::time::Instant::now() + RELAY_ADDRESS_WAIT);
@@ -84,7 +44,6 @@ impl Peers {
             .ok_or_else(|| {
                 unreachable("its relay port is not known (not heard by gossip)".into())
             })?;
-        let body = serde_json::to_vec(body).map_err(|e| unreachable(e.to_string()))?;
         let call = Call {
             id: 0,
             origin: 0,
@@ -94,7 +53,7 @@ impl Peers {
             epoch: 0,
             budget_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
             path: rpc.name().to_owned(),
-            body: Bytes::from(body),
+            body,
         };
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let answer = self

@@ -16,6 +16,10 @@ use chitchat::{
 };
 use tokio::sync::watch;
 
+mod seal;
+
+pub use seal::GossipSeal;
+
 use crate::causal::CausalMetadata;
 use crate::config::Config;
 use crate::error::KvsError;
@@ -127,6 +131,7 @@ pub struct Membership {
     live: watch::Receiver<LiveSet>,
     relays: watch::Receiver<RelayAddresses>,
     admin: Mutex<ViewAdmin>,
+    seal: GossipSeal,
 }
 
 /// Where each node's newest incarnation gossiped that its relay channel listens, live or
@@ -142,13 +147,12 @@ impl RelayAddresses {
         self.nodes.get(node).map(|(_, address)| *address)
     }
 
-    fn from_states(states: &BTreeMap<ChitchatId, chitchat::NodeState>) -> Self {
+    fn from_states(states: &BTreeMap<ChitchatId, chitchat::NodeState>, seal: &GossipSeal) -> Self {
         let mut out = Self::default();
         for (id, state) in states {
-            let (Ok(node), Some(port)) = (
-                id.node_id.parse::<NodeId>(),
-                state.get(KEY_RELAY).and_then(|p| p.parse::<u16>().ok()),
-            ) else {
+            let (Ok(node), Some(port)) =
+                (id.node_id.parse::<NodeId>(), relay_port(seal, id, state))
+            else {
                 continue;
             };
             let newest = out
@@ -162,6 +166,13 @@ impl RelayAddresses {
         }
         out
     }
+}
+
+/// The relay port a node state advertises, if its seal holds: a state without one is not
+/// counted as the node's (see [`seal`]).
+fn relay_port(seal: &GossipSeal, id: &ChitchatId, state: &chitchat::NodeState) -> Option<u16> {
+    let sealed = state.get(KEY_RELAY)?;
+    seal.open(&id.node_id, KEY_RELAY, sealed)?.parse().ok()
 }
 
 /// The most a call waits for gossip to tell a node's relay port (the first second after
@@ -190,12 +201,13 @@ async fn follow_relay_addresses(
     chitchat: std::sync::Weak<tokio::sync::Mutex<chitchat::Chitchat>>,
     tx: watch::Sender<RelayAddresses>,
     interval: Duration,
+    seal: GossipSeal,
 ) {
     loop {
         let Some(chitchat) = chitchat.upgrade() else {
             return;
         };
-        let addresses = RelayAddresses::from_states(chitchat.lock().await.node_states());
+        let addresses = RelayAddresses::from_states(chitchat.lock().await.node_states(), &seal);
         drop(chitchat);
         tx.send_if_modified(|current| {
             let changed = *current != addresses;
@@ -210,12 +222,12 @@ async fn follow_relay_addresses(
 /// and never merges its state. Derived from the cluster secret (a key derivation of its
 /// own), so that a node of another store, or one without the secret, cannot join; and so
 /// that the secret itself never travels. It is not an authentication of every message
-/// (docs/security.md: chitchat's transport offers no hook to tag datagrams).
-fn gossip_cluster_id(config: &Config) -> String {
-    match &config.cluster_secret {
+/// (chitchat's transport offers no hook to tag datagrams): the values are (see `GossipSeal`).
+pub fn gossip_cluster_id(secret: Option<&[u8]>) -> String {
+    match secret {
         None => "kvs".to_string(),
         Some(secret) => {
-            let key = blake3::derive_key("kvs 2026-12-01 gossip cluster id", secret.as_bytes());
+            let key = blake3::derive_key("kvs 2026-12-01 gossip cluster id", secret);
             let hex: String = key[..16].iter().map(|b| format!("{b:02x}")).collect();
             format!("kvs-{hex}")
         }
@@ -232,7 +244,7 @@ impl Membership {
             .unwrap_or(0);
         let chitchat_config = ChitchatConfig {
             chitchat_id: ChitchatId::new(me.to_string(), generation, me),
-            cluster_id: gossip_cluster_id(config),
+            cluster_id: gossip_cluster_id(config.cluster_secret.as_ref().map(|s| s.as_bytes())),
             gossip_interval: config.gossip_interval,
             listen_addr: config.bind_address,
             seed_nodes: config
@@ -254,15 +266,25 @@ impl Membership {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
         };
+        let seal = GossipSeal::new(config.cluster_secret.as_ref().map(|s| s.as_bytes()));
+        let me_id = me.to_string();
+        let initial = initial
+            .into_iter()
+            .map(|(key, value)| {
+                let sealed = seal.seal(&me_id, &key, &value);
+                (key, sealed)
+            })
+            .collect();
         let handle = spawn_chitchat(chitchat_config, initial, &UdpTransport).await?;
         let (tx, live) = watch::channel(LiveSet::default());
         let watcher = handle.with_chitchat(|c| c.live_nodes_watcher()).await;
-        tokio::spawn(follow_live_nodes(watcher, tx, me, generation));
+        tokio::spawn(follow_live_nodes(watcher, tx, me, generation, seal.clone()));
         let (relays_tx, relays) = watch::channel(RelayAddresses::default());
         tokio::spawn(follow_relay_addresses(
             std::sync::Arc::downgrade(&handle.chitchat()),
             relays_tx,
             config.gossip_interval,
+            seal.clone(),
         ));
         Ok(Self {
             handle,
@@ -270,6 +292,7 @@ impl Membership {
             live,
             relays,
             admin: Mutex::new(ViewAdmin::default()),
+            seal,
         })
     }
 
@@ -313,7 +336,7 @@ impl Membership {
         self.relays.borrow().get(node)
     }
 
-    /// The relay addresses as gossip tells them, for [`crate::peer::Peers`].
+    /// The relay addresses as gossip tells them, for [`crate::peer::RelayPeers`].
     pub fn relay_addresses(&self) -> watch::Receiver<RelayAddresses> {
         self.relays.clone()
     }
@@ -345,8 +368,9 @@ impl Membership {
 
     /// Advertises a key-value pair to every node.
     pub async fn publish(&self, key: &str, value: String) {
+        let sealed = self.seal.seal(&self.me.to_string(), key, &value);
         self.handle
-            .with_chitchat(|c| c.self_node_state().set(key, value.clone()))
+            .with_chitchat(|c| c.self_node_state().set(key, sealed.clone()))
             .await;
     }
 }
@@ -358,6 +382,7 @@ async fn follow_live_nodes(
     tx: watch::Sender<LiveSet>,
     me: NodeId,
     generation: u64,
+    seal: GossipSeal,
 ) {
     loop {
         let set = {
@@ -374,14 +399,21 @@ async fn follow_live_nodes(
                 let Ok(node) = id.node_id.parse::<NodeId>() else {
                     continue;
                 };
+                let Some(relay_port) = relay_port(&seal, id, state) else {
+                    continue;
+                };
                 if node == me {
                     continue;
                 }
+                let open = |key| {
+                    let sealed = state.get(key)?;
+                    seal.open(&id.node_id, key, sealed).map(str::to_owned)
+                };
                 let peer = PeerState {
                     generation: id.generation_id,
-                    map: state.get(KEY_MAP).map(str::to_owned),
-                    applied: state.get(KEY_APPLIED).map(str::to_owned),
-                    relay_port: state.get(KEY_RELAY).and_then(|p| p.parse().ok()),
+                    map: open(KEY_MAP),
+                    applied: open(KEY_APPLIED),
+                    relay_port: Some(relay_port),
                 };
                 let newer = set
                     .nodes

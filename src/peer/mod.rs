@@ -1,0 +1,230 @@
+//! The calling side of the messages nodes send each other, served by [`crate::internal`].
+//!
+//! [`Internode`] is the one typed interface: a method per message (push, pull or copy page,
+//! absorb, install map, catch-up, the reshard phases, key count, view change). Its two
+//! implementations differ only in how a call's bytes travel:
+//! - [`relay::RelayPeers`]: JSON bodies in calls on the relay channel, which shares one
+//!   authenticated connection per peer with forwarded client requests;
+//! - [`memory::MemoryNetwork`]: in the same process, to [`memory::Handler`]s, with faults a
+//!   test turns on and off (a peer down, an answer lost, a peer that dies after some calls),
+//!   so that the coordinators ([`crate::admin`], [`crate::replication::pull`]) are tested
+//!   in milliseconds, without processes.
+//!
+//! Both carry the same encoded bytes, so the in-memory tests also cover the messages' codec.
+//! Every call has a timeout.
+
+pub mod memory;
+pub mod relay;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::replication::protocol::{
+    Absorb, Done, EpochMessage, KeyCount, MapMessage, ReplicateAck, ReplicateBatch, Rpc,
+    SyncRequest, SyncResponse, ViewChange,
+};
+use crate::shard::{ShardId, ShardMap};
+use crate::NodeId;
+
+pub use relay::RelayPeers;
+
+/// Forwarding stops after this many hops (maps in flux can bounce a request once or twice).
+pub const MAX_HOPS: u32 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The exchange failed, possibly after the peer received the request.
+    #[error("{peer} unreachable: {reason}")]
+    Unreachable { peer: NodeId, reason: String },
+    #[error("{peer} answered {status}: {body}")]
+    Status {
+        peer: NodeId,
+        status: u16,
+        body: String,
+    },
+}
+
+/// The messages one node sends another, one method per message. An implementation provides
+/// only [`Internode::exchange`], the transport; the typed methods encode and decode.
+#[async_trait]
+pub trait Internode: Send + Sync {
+    /// Delivers call `rpc` with a JSON `body` to `peer` within `timeout`; the body of its
+    /// answer if the peer served it (any other status is a [`PeerError::Status`]).
+    async fn exchange(
+        &self,
+        peer: NodeId,
+        rpc: Rpc,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, PeerError>;
+
+    /// A push of an origin's consecutive writes; the ack says how far the peer applied them.
+    async fn push(
+        &self,
+        peer: NodeId,
+        batch: &ReplicateBatch,
+        timeout: Duration,
+    ) -> Result<ReplicateAck, PeerError> {
+        call(self, peer, Rpc::Replicate, batch, timeout).await
+    }
+
+    /// A pull: a delta, or one page of a full copy.
+    async fn pull(
+        &self,
+        peer: NodeId,
+        request: &SyncRequest,
+        timeout: Duration,
+    ) -> Result<SyncResponse, PeerError> {
+        let body = encode(peer, request)?;
+        let answer = self.exchange(peer, Rpc::Sync, body, timeout).await?;
+        // A page of a full copy is thousands of records (a source in memory answers a
+        // million at once): decoding them must not stall the runtime's other tasks.
+        let decoded = tokio::task::spawn_blocking(move || decode::<SyncResponse>(peer, &answer));
+        decoded.await.map_err(|e| PeerError::Unreachable {
+            peer,
+            reason: e.to_string(),
+        })?
+    }
+
+    /// Records handed over outside the causal streams (reshard transfers, hand-offs).
+    async fn absorb(
+        &self,
+        peer: NodeId,
+        absorb: &Absorb,
+        timeout: Duration,
+    ) -> Result<(), PeerError> {
+        done(call(self, peer, Rpc::Absorb, absorb, timeout).await)
+    }
+
+    /// A newer shard map to install.
+    async fn install_map(
+        &self,
+        peer: NodeId,
+        map: &ShardMap,
+        timeout: Duration,
+    ) -> Result<(), PeerError> {
+        let message = MapMessage { map: map.clone() };
+        done(call(self, peer, Rpc::Map, &message, timeout).await)
+    }
+
+    /// Asks a new member to copy its shard once it holds the map of `epoch`.
+    async fn catch_up(
+        &self,
+        peer: NodeId,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Result<KeyCount, PeerError> {
+        call(
+            self,
+            peer,
+            Rpc::CatchUp,
+            &epoch_message(epoch, &[]),
+            timeout,
+        )
+        .await
+    }
+
+    /// Reshard phase 1: freeze writes and flush pushes, for `map`.
+    async fn prepare(
+        &self,
+        peer: NodeId,
+        map: &ShardMap,
+        timeout: Duration,
+    ) -> Result<(), PeerError> {
+        let message = MapMessage { map: map.clone() };
+        done(call(self, peer, Rpc::Prepare, &message, timeout).await)
+    }
+
+    /// Reshard phase 2: send the keys this peer is designated for.
+    async fn transfer(
+        &self,
+        peer: NodeId,
+        epoch: u64,
+        participants: &[NodeId],
+        timeout: Duration,
+    ) -> Result<(), PeerError> {
+        let message = epoch_message(epoch, participants);
+        done(call(self, peer, Rpc::Transfer, &message, timeout).await)
+    }
+
+    /// Reshard phase 3: install the prepared map and resume writes.
+    async fn commit(&self, peer: NodeId, epoch: u64, timeout: Duration) -> Result<(), PeerError> {
+        done(call(self, peer, Rpc::Commit, &epoch_message(epoch, &[]), timeout).await)
+    }
+
+    /// Abandons a prepared reshard.
+    async fn abort(&self, peer: NodeId, epoch: u64, timeout: Duration) -> Result<(), PeerError> {
+        done(call(self, peer, Rpc::Abort, &epoch_message(epoch, &[]), timeout).await)
+    }
+
+    /// The live key count of `shard`, of which `peer` is a member.
+    async fn key_count(
+        &self,
+        peer: NodeId,
+        shard: ShardId,
+        timeout: Duration,
+    ) -> Result<KeyCount, PeerError> {
+        let body = serde_json::json!({ "shard": shard });
+        call(self, peer, Rpc::KeyCount, &body, timeout).await
+    }
+
+    /// An administrative view change.
+    async fn view_change(
+        &self,
+        peer: NodeId,
+        change: &ViewChange,
+        timeout: Duration,
+    ) -> Result<(), PeerError> {
+        done(call(self, peer, Rpc::View, change, timeout).await)
+    }
+}
+
+fn epoch_message(epoch: u64, participants: &[NodeId]) -> EpochMessage {
+    EpochMessage {
+        epoch,
+        participants: participants.to_vec(),
+    }
+}
+
+fn done(answer: Result<Done, PeerError>) -> Result<(), PeerError> {
+    answer.map(|_| ())
+}
+
+fn encode<T: Serialize + ?Sized>(peer: NodeId, body: &T) -> Result<Bytes, PeerError> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| PeerError::Unreachable {
+            peer,
+            reason: format!("unencodable request: {e}"),
+        })
+}
+
+fn decode<T: DeserializeOwned>(peer: NodeId, body: &[u8]) -> Result<T, PeerError> {
+    serde_json::from_slice(body).map_err(|e| PeerError::Status {
+        peer,
+        status: 200,
+        body: format!("undecodable answer: {e}"),
+    })
+}
+
+async fn call<P, Req, Resp>(
+    peers: &P,
+    peer: NodeId,
+    rpc: Rpc,
+    body: &Req,
+    timeout: Duration,
+) -> Result<Resp, PeerError>
+where
+    P: Internode + ?Sized,
+    Req: Serialize + ?Sized,
+    Resp: DeserializeOwned,
+{
+    let answer = peers
+        .exchange(peer, rpc, encode(peer, body)?, timeout)
+        .await?;
+    decode(peer, &answer)
+}
