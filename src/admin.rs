@@ -58,12 +58,6 @@ fn map_error(e: MapError) -> KvsError {
     }
 }
 
-async fn lock_admin(node: &Node) -> Result<tokio::sync::MutexGuard<'_, ()>> {
-    tokio::time::timeout(Duration::from_secs(30), node.admin.lock())
-        .await
-        .map_err(|_| KvsError::Conflict("Another shard change is in progress".into()))
-}
-
 /// Makes `call` to every node in `to` at once and returns the nodes it failed at.
 async fn each<F, Fut>(to: &[NodeId], what: &str, call: F) -> Vec<NodeId>
 where
@@ -89,11 +83,11 @@ where
 
 /// `PUT /key-value-store-shard/add-member/<shard>`.
 pub async fn add_member(node: &Arc<Node>, shard: ShardId, member: NodeId) -> Result<()> {
-    let _admin = lock_admin(node).await?;
-    if node.has_pending_reshard() {
+    let _admin = node.reshard.coordinate().await?;
+    if node.reshard.is_pending() {
         return Err(KvsError::Conflict("A reshard is in progress".into()));
     }
-    let map = node.map();
+    let map = node.routing.map();
     if map.members(shard).is_none() {
         return Err(KvsError::UnknownShard);
     }
@@ -114,7 +108,7 @@ pub async fn add_member(node: &Arc<Node>, shard: ShardId, member: NodeId) -> Res
         .into_iter()
         .filter(|n| *n != node.me)
         .collect();
-    let epoch = node.map().epoch;
+    let epoch = node.routing.map().epoch;
     let count = drive_add_member(node.peers.as_ref(), &everyone, member, next.as_ref(), epoch);
     let count = count.await?;
     log::info!("{member} joined shard {shard} holding {} keys", count.count);
@@ -151,14 +145,18 @@ pub async fn drive_add_member(
 
 /// On a new member: copy the shard from every live member, then report the key count.
 pub async fn catch_up(node: &Arc<Node>, epoch: u64) -> Result<KeyCount> {
-    if !node.await_epoch(epoch, Deadline::for_client()).await {
+    if !node
+        .routing
+        .await_epoch(epoch, Deadline::for_client())
+        .await
+    {
         return Err(KvsError::Unavailable);
     }
-    let shard = node.my_shard().ok_or(KvsError::NotAMember)?;
+    let shard = node.routing.my_shard().ok_or(KvsError::NotAMember)?;
     if !pull::full_pull(node, CATCH_UP_GRACE).await {
         return Err(KvsError::Unavailable);
     }
-    node.mark_synced();
+    node.local.mark_synced();
     Ok(KeyCount {
         shard,
         count: node.live_key_count(),
@@ -167,8 +165,8 @@ pub async fn catch_up(node: &Arc<Node>, epoch: u64) -> Result<KeyCount> {
 
 /// `PUT /key-value-store-shard/reshard`.
 pub async fn reshard(node: &Arc<Node>, count: u32) -> Result<()> {
-    let _admin = lock_admin(node).await?;
-    let map = node.map();
+    let _admin = node.reshard.coordinate().await?;
+    let map = node.routing.map();
     let up = node.membership.up_nodes();
     let next = map.resharded(&up, count).map_err(map_error)?;
     if next.shards == map.shards {
@@ -218,34 +216,36 @@ pub async fn drive_reshard(
 
 /// Phase 1 on a participant: freeze writes, flush pushes.
 pub async fn prepare(node: &Arc<Node>, map: ShardMap) -> Result<()> {
-    if !map.supersedes(&node.map()) {
+    if !map.supersedes(&node.routing.map()) {
         return Err(KvsError::Conflict(
             "A newer shard map is already in place".into(),
         ));
     }
-    if let Some(pending) = node.pending_map() {
+    if let Some(pending) = node.reshard.pending_map() {
         if pending == map {
             return Ok(());
         }
         return Err(KvsError::Conflict("Another reshard is in progress".into()));
     }
     let guard = node
+        .reshard
         .freeze_writes(PREPARE_TIMEOUT)
         .await
         .ok_or(KvsError::Unavailable)?;
-    node.set_pending(Some(PendingReshard {
+    node.reshard.set_pending(Some(PendingReshard {
         map,
         since: Instant::now(),
         _writes_frozen: guard,
     }));
     let up = node.membership.up_nodes();
     let peers: Vec<NodeId> = node
+        .routing
         .shard_peers()
         .into_iter()
         .filter(|p| up.contains(p))
         .collect();
     if !push::flush(node, &peers, FLUSH_TIMEOUT).await {
-        node.set_pending(None);
+        node.reshard.set_pending(None);
         return Err(KvsError::Unavailable);
     }
     Ok(())
@@ -255,10 +255,11 @@ pub async fn prepare(node: &Arc<Node>, map: ShardMap) -> Result<()> {
 /// new shard that do not hold it yet.
 pub async fn transfer(node: &Arc<Node>, epoch: u64, participants: &[NodeId]) -> Result<()> {
     let next = node
+        .reshard
         .pending_map()
         .filter(|m| m.epoch == epoch)
         .ok_or_else(|| KvsError::Conflict("No such reshard is prepared here".into()))?;
-    let current = node.map();
+    let current = node.routing.map();
     let senders: BTreeSet<NodeId> = participants.iter().copied().collect();
     // Select while scanning: only the keys this node must send are copied out of the store,
     // a page of them at a time from an engine, so that a node never holds more than one
@@ -269,6 +270,7 @@ pub async fn transfer(node: &Arc<Node>, epoch: u64, participants: &[NodeId]) -> 
     loop {
         let (records, next_page) =
             match node
+                .local
                 .store
                 .page_after(after.as_deref(), TRANSFER_PAGE_RECORDS, mine)
             {
@@ -276,7 +278,8 @@ pub async fn transfer(node: &Arc<Node>, epoch: u64, participants: &[NodeId]) -> 
                 Some(Err(e)) => crate::node::storage_failed(e),
                 // In memory: no order to page in, the store is small enough to take whole.
                 None => (
-                    node.store
+                    node.local
+                        .store
                         .records_where(|key, _| mine(key))
                         .unwrap_or_else(|e| crate::node::storage_failed(e)),
                     None,
@@ -382,7 +385,7 @@ pub fn plan_transfer(
 
 /// Phase 3 on a participant: switch to the new map and resume writes.
 pub fn commit(node: &Arc<Node>, epoch: u64) -> Result<()> {
-    match node.take_pending() {
+    match node.reshard.take_pending() {
         Some(pending) if pending.map.epoch == epoch => {
             if node.install_map(pending.map, true) {
                 node.drop_foreign_keys();
@@ -390,12 +393,12 @@ pub fn commit(node: &Arc<Node>, epoch: u64) -> Result<()> {
             Ok(())
         }
         Some(other) => {
-            node.set_pending(Some(other));
+            node.reshard.set_pending(Some(other));
             Err(KvsError::Conflict(
                 "Another reshard is prepared here".into(),
             ))
         }
-        None if node.map().epoch >= epoch => Ok(()),
+        None if node.routing.map().epoch >= epoch => Ok(()),
         None => Err(KvsError::Conflict(
             "No such reshard is prepared here".into(),
         )),
@@ -408,9 +411,9 @@ pub fn commit(node: &Arc<Node>, epoch: u64) -> Result<()> {
 /// coordinator failed half-way through its commit, other nodes may already have switched and
 /// dropped their copies, and this node will adopt that map by gossip and need them.
 pub fn abort(node: &Arc<Node>, epoch: u64) {
-    if let Some(pending) = node.take_pending() {
+    if let Some(pending) = node.reshard.take_pending() {
         if pending.map.epoch != epoch {
-            node.set_pending(Some(pending));
+            node.reshard.set_pending(Some(pending));
         }
     }
 }
@@ -419,7 +422,7 @@ pub fn abort(node: &Arc<Node>, epoch: u64) {
 pub async fn expire_stale_freezes(node: Arc<Node>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if let Some(epoch) = node.pending_since(FREEZE_LIMIT) {
+        if let Some(epoch) = node.reshard.pending_since(FREEZE_LIMIT) {
             log::warn!("reshard to epoch {epoch} heard nothing for {FREEZE_LIMIT:?}; aborting");
             abort(&node, epoch);
         }
@@ -434,7 +437,7 @@ pub async fn hand_off_foreign_keys(node: Arc<Node>) {
     if records.is_empty() {
         return;
     }
-    let map = node.map();
+    let map = node.routing.map();
     let mut by_shard: BTreeMap<ShardId, Vec<Record>> = BTreeMap::new();
     for record in records {
         if let Some(shard) = map.shard_for_key(&record.key) {
@@ -452,7 +455,7 @@ pub async fn hand_off_foreign_keys(node: Arc<Node>) {
         let delivered = join_all(members.iter().map(|&m| send_records(peers, m, records))).await;
         all_delivered &= delivered.into_iter().any(|ok| ok);
     }
-    if all_delivered && node.map().epoch == map.epoch {
+    if all_delivered && node.routing.map().epoch == map.epoch {
         node.drop_foreign_keys();
     }
 }

@@ -61,7 +61,7 @@ async fn answer(node: &Arc<Node>, rpc: Rpc, body: &[u8]) -> Result<Vec<u8>, KvsE
         Rpc::Sync => sync(node, parse(rpc, body)?).await,
         Rpc::Absorb => {
             let absorb: Absorb = parse(rpc, body)?;
-            node.absorb_records(absorb.records);
+            node.local.absorb_records(absorb.records);
             json(&Done::yes())
         }
         Rpc::Map => install_map(node, parse(rpc, body)?),
@@ -114,10 +114,10 @@ async fn sync(node: &Arc<Node>, request: SyncRequest) -> Result<Vec<u8>, KvsErro
 }
 
 fn install_map(node: &Arc<Node>, message: MapMessage) -> Result<Vec<u8>, KvsError> {
-    if node.has_pending_reshard() {
+    if node.reshard.is_pending() {
         return Err(KvsError::Conflict("A reshard is in progress".into()));
     }
-    let current = node.map();
+    let current = node.routing.map();
     if message.map == *current || node.install_map(message.map, false) {
         tokio::spawn(admin::hand_off_foreign_keys(node.clone()));
         return json(&Done::yes());
@@ -130,7 +130,7 @@ fn key_count(node: &Node, body: serde_json::Value) -> Result<Vec<u8>, KvsError> 
         .get("shard")
         .and_then(|s| s.as_u64())
         .unwrap_or(u64::MAX);
-    match node.my_shard() {
+    match node.routing.my_shard() {
         Some(mine) if u64::from(mine) == shard => json(&KeyCount {
             shard: mine,
             count: node.live_key_count(),

@@ -7,10 +7,12 @@
 //! - A key of another shard is forwarded to a live member of that shard over the [`relay`]
 //!   channel (its port learnt by gossip), and its answer is passed back unchanged. Every
 //!   other message between nodes (replication, pulls, map changes, reshard phases) travels
-//!   on the same channel too: made by [`peer`], served by [`internal`]. Its connections
+//!   on the same channel too: sent through [`peer::Internode`] (one method per message,
+//!   with an in-memory implementation for tests), served by [`internal`]. Its connections
 //!   start with a handshake keyed by the cluster secret; the client port serves clients
 //!   only.
-//! - A key of this node's shard is served by [`node`]: it first waits until the writes the
+//! - A key of this node's shard is served by [`node`] (its local replica, routing and reshard
+//!   state, each a part of its own): it first waits until the writes the
 //!   client's causal metadata depends on are applied here ([`causal`]), or relays the request
 //!   to the node that issued the client's token, which has them; then it reads or writes
 //!   [`storage`], which keeps every key in memory and journals every write to disk (fjall,
@@ -20,7 +22,7 @@
 //! - A write is answered at once and then pushed to the other members of the shard in
 //!   batches; replicas apply writes in causal order and pull what they miss ([`replication`]).
 //! - Nodes learn who is up, and each other's shard maps and progress, by gossip
-//!   ([`membership`]). Adding a member and resharding are coordinated by [`admin`].
+//!   ([`membership`]), whose values are sealed with the cluster secret. Adding a member and resharding are coordinated by [`admin`].
 
 pub mod admin;
 pub mod budget;
@@ -97,7 +99,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             handle.stop(true).await;
         }
     }
-    if let Some(backend) = node.store.backend() {
+    if let Some(backend) = node.local.store.backend() {
         backend.sync()?;
     }
     Ok(())
@@ -153,7 +155,7 @@ fn open_storage(config: &Config, initial: shard::ShardMap) -> anyhow::Result<rec
 /// Group commit for `KVS_SYNC=periodic`: whatever was written in the last interval reaches
 /// the device in one sync.
 async fn sync_periodically(node: Arc<node::Node>, interval: std::time::Duration) {
-    let Some(backend) = node.store.backend().cloned() else {
+    let Some(backend) = node.local.store.backend().cloned() else {
         return;
     };
     loop {

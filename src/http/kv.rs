@@ -201,8 +201,8 @@ async fn serve(
         Ok(key) => key,
         Err(e) => return KvAnswer::error(op, &e),
     };
-    if hops > 0 && sender_epoch > node.map().epoch {
-        node.await_epoch(sender_epoch, deadline).await;
+    if hops > 0 && sender_epoch > node.routing.map().epoch {
+        node.routing.await_epoch(sender_epoch, deadline).await;
     }
     // A request for another shard is relayed as it came: the owner validates it, and its
     // answer (an error included) goes back unchanged.
@@ -409,7 +409,7 @@ async fn relay_once(
     let Some(budget_ms) = request.deadline.forward_budget_ms() else {
         return Err(Undelivered::NotSent);
     };
-    let epoch = node.map().epoch;
+    let epoch = node.routing.map().epoch;
     // Nodes forward only over the relay channel, whose port gossip tells: a client's HTTP
     // request is always a client's, whatever headers it sends.
     let learnt_by = request.deadline.within(RELAY_ADDRESS_WAIT);

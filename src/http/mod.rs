@@ -53,7 +53,7 @@ pub fn server(node: Arc<Node>) -> std::io::Result<Server> {
 /// `GET /kvs/storage`: how many keys, live ones and tombstones this node holds (for
 /// operators and tests).
 async fn storage(node: web::Data<Arc<Node>>) -> HttpResponse {
-    reply::ok(serde_json::json!(node.storage_stats()))
+    reply::ok(serde_json::json!(node.local.storage_stats()))
 }
 
 /// Reads a request body up to [`BODY_LIMIT`] bytes.

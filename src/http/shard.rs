@@ -53,7 +53,7 @@ async fn not_allowed(req: HttpRequest) -> HttpResponse {
 
 fn known_shard(node: &Node, id: &str) -> Result<ShardId, KvsError> {
     let shard: ShardId = id.trim().parse().map_err(|_| KvsError::UnknownShard)?;
-    if node.map().members(shard).is_none() {
+    if node.routing.map().members(shard).is_none() {
         return Err(KvsError::UnknownShard);
     }
     Ok(shard)
@@ -61,6 +61,7 @@ fn known_shard(node: &Node, id: &str) -> Result<ShardId, KvsError> {
 
 async fn shard_ids(node: web::Data<Arc<Node>>) -> HttpResponse {
     let ids = node
+        .routing
         .map()
         .shard_ids()
         .map(|id| id.to_string())
@@ -72,7 +73,7 @@ async fn shard_ids(node: web::Data<Arc<Node>>) -> HttpResponse {
 }
 
 async fn node_shard_id(node: web::Data<Arc<Node>>) -> HttpResponse {
-    match node.my_shard() {
+    match node.routing.my_shard() {
         Some(shard) => reply::ok(json!({
             "message": "Shard ID of the node retrieved successfully",
             "shard-id": shard.to_string(),
@@ -86,7 +87,7 @@ async fn members(node: web::Data<Arc<Node>>, id: web::Path<String>) -> HttpRespo
         Ok(s) => s,
         Err(e) => return reply::error(Op::Get, &e),
     };
-    let map = node.map();
+    let map = node.routing.map();
     let members = map
         .members(shard)
         .map(|m| m.iter().map(ToString::to_string).collect::<Vec<_>>())
@@ -113,10 +114,10 @@ async fn key_count(node: web::Data<Arc<Node>>, id: web::Path<String>) -> HttpRes
 
 /// Counts locally when this node is a member of `shard`, else asks a live member.
 pub async fn count_keys(node: &Node, shard: ShardId) -> Result<usize, KvsError> {
-    if node.my_shard() == Some(shard) {
+    if node.routing.my_shard() == Some(shard) {
         return Ok(node.live_key_count());
     }
-    let map = node.map();
+    let map = node.routing.map();
     let members = map.members(shard).ok_or(KvsError::UnknownShard)?;
     for member in node.forwarding_order(&map, members) {
         let answer = node

@@ -222,7 +222,8 @@ async fn follow_relay_addresses(
 /// and never merges its state. Derived from the cluster secret (a key derivation of its
 /// own), so that a node of another store, or one without the secret, cannot join; and so
 /// that the secret itself never travels. It is not an authentication of every message
-/// (chitchat's transport offers no hook to tag datagrams): the values are (see `GossipSeal`).
+/// (chitchat's transport offers no hook to tag datagrams): the values gossip carries are
+/// sealed instead (see `GossipSeal`).
 pub fn gossip_cluster_id(secret: Option<&[u8]>) -> String {
     match secret {
         None => "kvs".to_string(),

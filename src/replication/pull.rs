@@ -32,7 +32,7 @@ const MAX_COPY_PAGES: usize = 100_000;
 
 /// Pulls from one peer and takes in the answer: a delta, or a full copy page by page.
 pub async fn pull_from(node: &Arc<Node>, peer: NodeId, full: bool) -> bool {
-    let request = node.pull_request(full);
+    let request = node.local.pull_request(full);
     let take = |response, part| absorb(node.clone(), response, part);
     copy_from(node.peers.as_ref(), peer, request, take).await
 }
@@ -115,12 +115,12 @@ const COPY_GIVE_UP_CHECKS: u32 = 2;
 /// on in the background. Returns whether a full copy arrived.
 pub async fn full_pull(node: &Arc<Node>, grace: Duration) -> bool {
     let _copying = node.copying.lock().await;
-    if node.is_synced() {
+    if node.local.is_synced() {
         // Another copy finished while this one waited (a map change unmarks it).
         return true;
     }
-    let map = node.map();
-    let Some(members) = node.my_shard().and_then(|s| map.members(s)) else {
+    let map = node.routing.map();
+    let Some(members) = node.routing.my_shard().and_then(|s| map.members(s)) else {
         return false;
     };
     let peers: Vec<NodeId> = node
@@ -178,7 +178,7 @@ pub async fn full_pull(node: &Arc<Node>, grace: Duration) -> bool {
         return false;
     };
     // Whole now: what follows are deltas, not more full copies.
-    node.mark_synced();
+    node.local.mark_synced();
     let mut deltas = JoinSet::new();
     for peer in peers.into_iter().filter(|p| *p != source) {
         let node = node.clone();
@@ -200,25 +200,26 @@ pub async fn catch_up_once(
     started: Instant,
     previous: &mut HashMap<NodeId, CausalMetadata>,
 ) {
-    if !node.is_synced() {
-        if node.my_shard().is_none() {
+    if !node.local.is_synced() {
+        if node.routing.my_shard().is_none() {
             return;
         }
-        if node.shard_peers().is_empty() || full_pull(node, Duration::ZERO).await {
-            node.mark_synced();
+        if node.routing.shard_peers().is_empty() || full_pull(node, Duration::ZERO).await {
+            node.local.mark_synced();
         } else if started.elapsed() > ALONE_GRACE
             // Asked afresh: the copy may have taken seconds, and its source gone meanwhile.
-            && node.shard_peers().iter().all(|p| !node.membership.is_up(p))
+            && node.routing.shard_peers().iter().all(|p| !node.membership.is_up(p))
         {
             log::warn!("no member of my shard is reachable; serving with the data I have");
-            node.mark_synced();
+            node.local.mark_synced();
         }
         return;
     }
-    let mine = node.applied_summary();
+    let mine = node.local.applied_summary();
     let live = node.membership.live_set();
     let up = node.membership.up_nodes();
     let peers: Vec<NodeId> = node
+        .routing
         .shard_peers()
         .into_iter()
         .filter(|p| up.contains(p))
@@ -259,7 +260,7 @@ pub async fn anti_entropy(node: Arc<Node>) {
     let started = Instant::now();
     let mut previous = HashMap::new();
     // A node that must copy its shard starts at once: it serves nothing until it has.
-    if !node.is_synced() {
+    if !node.local.is_synced() {
         catch_up_once(&node, true, started, &mut previous).await;
     }
     loop {
@@ -276,12 +277,12 @@ pub async fn publish_state(node: Arc<Node>) {
     let mut last_applied = String::new();
     let mut last_map = String::new();
     loop {
-        let applied = node.applied_summary().encode();
+        let applied = node.local.applied_summary().encode();
         if applied != last_applied {
             node.membership.publish(KEY_APPLIED, applied.clone()).await;
             last_applied = applied;
         }
-        let (_, map) = node.map_gossip();
+        let map = serde_json::to_string(&*node.routing.map()).unwrap_or_default();
         if map != last_map {
             node.membership.publish(KEY_MAP, map.clone()).await;
             last_map = map;
@@ -314,7 +315,7 @@ pub async fn follow_gossiped_maps(node: Arc<Node>) {
             .map(|(_, m)| m)
             .reduce(|a, b| if b.supersedes(a) { b } else { a });
         if let Some(map) = best {
-            if !node.has_pending_reshard() && node.install_map(map.clone(), false) {
+            if !node.reshard.is_pending() && node.install_map(map.clone(), false) {
                 tokio::spawn(crate::admin::hand_off_foreign_keys(node.clone()));
             }
         }
@@ -327,7 +328,7 @@ pub async fn follow_gossiped_maps(node: Arc<Node>) {
 }
 
 fn form_map_if_none(node: &Node, peers: &[(NodeId, ShardMap)]) {
-    if node.config.shard_count.is_some() || !node.map().shards.is_empty() {
+    if node.config.shard_count.is_some() || !node.routing.map().shards.is_empty() {
         return;
     }
     let view = &node.config.view;

@@ -37,10 +37,10 @@ const IDLE_RECHECK: Duration = Duration::from_millis(500);
 
 /// Keeps one pusher running per member of this node's shard, following map changes.
 pub async fn manage_pushers(node: Arc<Node>) {
-    let mut maps = node.subscribe_map();
+    let mut maps = node.routing.subscribe();
     let mut running: HashMap<NodeId, JoinHandle<()>> = HashMap::new();
     loop {
-        let peers = node.shard_peers();
+        let peers = node.routing.shard_peers();
         running.retain(|peer, task| {
             let keep = peers.contains(peer) && !task.is_finished();
             if !keep {
@@ -61,18 +61,18 @@ pub async fn manage_pushers(node: Arc<Node>) {
 
 async fn push_to(node: Arc<Node>, peer: NodeId) {
     let mut cursor = 1u64;
-    let mut era = node.own_last_seq().0;
+    let mut era = node.local.own_last_seq().0;
     let mut backoff = MIN_BACKOFF;
     loop {
-        let wake = node.outbox.added();
+        let wake = node.local.outbox.added();
         tokio::pin!(wake);
         wake.as_mut().enable();
-        let current_era = node.own_last_seq().0;
+        let current_era = node.local.own_last_seq().0;
         if current_era != era {
             era = current_era;
             cursor = 1;
         }
-        let Some(mut batch) = node.outbox.batch(era, cursor, BATCH) else {
+        let Some(mut batch) = node.local.outbox.batch(era, cursor, BATCH) else {
             if !acknowledged_all(&node, peer) {
                 probe(&node, peer, era).await;
             }
@@ -81,7 +81,7 @@ async fn push_to(node: Arc<Node>, peer: NodeId) {
         };
         if batch.records.len() < LINGER_BELOW {
             tokio::time::sleep(LINGER).await;
-            if let Some(fuller) = node.outbox.batch(era, cursor, BATCH) {
+            if let Some(fuller) = node.local.outbox.batch(era, cursor, BATCH) {
                 batch = fuller;
             }
         }
@@ -114,7 +114,7 @@ async fn push_to(node: Arc<Node>, peer: NodeId) {
 
 /// Whether `peer` has acknowledged every write this node has made in its era.
 fn acknowledged_all(node: &Node, peer: NodeId) -> bool {
-    let (era, last) = node.own_last_seq();
+    let (era, last) = node.local.own_last_seq();
     last == 0
         || node
             .acks
@@ -167,7 +167,7 @@ pub async fn apply_held(
 pub async fn flush(node: &Node, peers: &[NodeId], timeout: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let (era, last) = node.own_last_seq();
+        let (era, last) = node.local.own_last_seq();
         let done = peers.iter().all(|peer| {
             node.acks
                 .get(peer)
@@ -179,7 +179,7 @@ pub async fn flush(node: &Node, peers: &[NodeId], timeout: Duration) -> bool {
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
-        node.outbox.wake_all();
+        node.local.outbox.wake_all();
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -12,10 +12,16 @@
 //! write may have been applied: it is in the coordinator's journal and will reach the
 //! others when they come back.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
+use dashmap::DashMap;
 use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::error::KvsError;
+use crate::NodeId;
 
 /// How many members of a shard must hold a write before it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,10 +114,95 @@ pub fn reached(
     holders >= needed
 }
 
+/// How far each peer has acknowledged this node's writes, `(era, seq)`, and a signal at
+/// every acknowledgement: what quorum writes, reshard flushes and the counter check wait on.
+pub struct Acks {
+    acks: DashMap<NodeId, (u64, u64)>,
+    acked: watch::Sender<u64>,
+}
+
+impl Default for Acks {
+    fn default() -> Self {
+        Self {
+            acks: DashMap::new(),
+            acked: watch::channel(0).0,
+        }
+    }
+}
+
+impl Acks {
+    /// Records that `peer` has applied this node's writes of `era` up to `applied`.
+    pub fn note(&self, peer: NodeId, era: u64, applied: u64) {
+        self.acks.insert(peer, (era, applied));
+        self.acked.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    pub fn get(&self, peer: &NodeId) -> Option<(u64, u64)> {
+        self.acks.get(peer).map(|a| *a)
+    }
+
+    /// Forgets every acknowledgement (a new era, or another shard).
+    pub fn clear(&self) {
+        self.acks.clear();
+    }
+
+    /// Changes at every acknowledgement.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.acked.subscribe()
+    }
+
+    /// Waits until `needed` members, this node and those of `peers()`, hold write `dot`, or
+    /// until `until`.
+    pub async fn await_quorum(
+        &self,
+        peers: impl Fn() -> BTreeSet<NodeId>,
+        dot: (u64, u64),
+        needed: usize,
+        until: tokio::time::Instant,
+    ) -> Result<(), KvsError> {
+        let mut acked = self.subscribe();
+        loop {
+            let acks = peers()
+                .iter()
+                .filter_map(|p| self.get(p))
+                .collect::<Vec<_>>();
+            if reached(acks, dot.0, dot.1, needed) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(until, acked.changed())
+                .await
+                .is_err()
+            {
+                return Err(KvsError::WriteFateUnknown);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quorum_write_waits_for_acknowledgements_then_gives_up_at_its_deadline() {
+        let acks = std::sync::Arc::new(Acks::default());
+        let peers = || -> BTreeSet<NodeId> {
+            ["10.0.0.2:8080", "10.0.0.3:8080"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .collect()
+        };
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let noting = acks.clone();
+        tokio::spawn(async move {
+            noting.note("10.0.0.2:8080".parse().unwrap(), 1, 7);
+        });
+        assert!(acks.await_quorum(peers, (1, 7), 2, until).await.is_ok());
+        let result = acks.await_quorum(peers, (1, 7), 3, until).await;
+        assert!(matches!(result, Err(KvsError::WriteFateUnknown)));
+        assert_eq!(tokio::time::Instant::now(), until);
+    }
 
     #[test]
     fn parses_numbers_and_words() {
