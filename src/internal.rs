@@ -40,6 +40,10 @@ impl Handler for NodeHandler {
     async fn handle(&self, rpc: Rpc, body: Bytes) -> (u16, Bytes) {
         serve_rpc(&self.0, rpc, &body).await
     }
+
+    async fn relay(&self, call: crate::relay::Call) -> (u16, Bytes) {
+        crate::http::kv::relay_handler(self.0.clone())(call).await
+    }
 }
 
 fn failure(e: &KvsError) -> (u16, Bytes) {

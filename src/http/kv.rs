@@ -14,7 +14,6 @@ use super::{json_object, read_body, BODY_LIMIT};
 use crate::budget::Deadline;
 use crate::causal::CausalMetadata;
 use crate::error::KvsError;
-use crate::membership::RELAY_ADDRESS_WAIT;
 use crate::node::{Node, Route};
 use crate::peer::MAX_HOPS;
 use crate::relay::{Call, Kind, RelayError};
@@ -410,19 +409,10 @@ async fn relay_once(
         return Err(Undelivered::NotSent);
     };
     let epoch = node.routing.map().epoch;
-    // Nodes forward only over the relay channel, whose port gossip tells: a client's HTTP
-    // request is always a client's, whatever headers it sends.
-    let learnt_by = request.deadline.within(RELAY_ADDRESS_WAIT);
-    let Some(relay_address) = node
-        .membership
-        .await_relay_address(&member, learnt_by)
-        .await
-    else {
-        log::debug!("forwarding to {member}: its relay port is not known yet");
-        return Err(Undelivered::NotSent);
-    };
+    // Nodes forward only over the relay channel: a client's HTTP request is always a
+    // client's, whatever headers it sends.
     let mut call = Call {
-        id: node.relay.next_id(),
+        id: node.peers.next_call_id(),
         origin: 0,
         attempt: 0,
         op: Kind::Kv(request.op),
@@ -434,8 +424,8 @@ async fn relay_once(
     };
     loop {
         let result = node
-            .relay
-            .call(relay_address, call.clone(), request.deadline.remaining())
+            .peers
+            .relay(member, call.clone(), request.deadline.remaining())
             .await;
         let again = call.attempt + 1 < MAX_WRITE_ATTEMPTS && request.op != Op::Get;
         match result {

@@ -332,23 +332,9 @@ impl Membership {
             .is_some_and(|s| admin.removed.get(node) != Some(&s.generation))
     }
 
-    /// Where `node`'s relay channel listens, once its gossip has said so.
-    pub fn relay_address(&self, node: &NodeId) -> Option<NodeId> {
-        self.relays.borrow().get(node)
-    }
-
     /// The relay addresses as gossip tells them, for [`crate::peer::RelayPeers`].
     pub fn relay_addresses(&self) -> watch::Receiver<RelayAddresses> {
         self.relays.clone()
-    }
-
-    /// [`Self::relay_address`], waiting until `until` for the node's gossip to say it.
-    pub async fn await_relay_address(
-        &self,
-        node: &NodeId,
-        until: tokio::time::Instant,
-    ) -> Option<NodeId> {
-        await_relay_address(&self.relays, node, until).await
     }
 
     /// The view as the view endpoints report it.

@@ -3,6 +3,7 @@
 //! through faults the test sets, and every delivery is recorded.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{Internode, PeerError};
+use crate::relay::{Answer, Call, RelayError};
 use crate::replication::protocol::Rpc;
 use crate::NodeId;
 
@@ -17,6 +19,15 @@ use crate::NodeId;
 #[async_trait]
 pub trait Handler: Send + Sync {
     async fn handle(&self, rpc: Rpc, body: Bytes) -> (u16, Bytes);
+
+    /// A forwarded client request; a handler that serves none answers 404.
+    async fn relay(&self, call: Call) -> (u16, Bytes) {
+        let _ = call;
+        (
+            404,
+            Bytes::from_static(b"{\"error\":\"no key-value service here\"}"),
+        )
+    }
 }
 
 /// What happens to calls to a peer.
@@ -38,12 +49,15 @@ struct Inner {
     /// Calls a peer still serves before the fault takes over.
     fail_after: HashMap<NodeId, (usize, Fault)>,
     delivered: Vec<(NodeId, Rpc)>,
+    /// Forwarded client requests that reached a handler: (peer, path).
+    relayed: Vec<(NodeId, String)>,
 }
 
 /// Peers in memory. Cloning shares the network.
 #[derive(Clone, Default)]
 pub struct MemoryNetwork {
     inner: Arc<Mutex<Inner>>,
+    call_ids: Arc<AtomicU64>,
 }
 
 impl MemoryNetwork {
@@ -93,6 +107,11 @@ impl MemoryNetwork {
             .collect()
     }
 
+    /// The forwarded client requests that reached a handler: (peer, path), in order.
+    pub fn relayed(&self) -> Vec<(NodeId, String)> {
+        self.lock().relayed.clone()
+    }
+
     /// The fault that applies to this call, counting it against a pending `fail_after`.
     fn fault_for(&self, peer: NodeId) -> Option<Fault> {
         let mut inner = self.lock();
@@ -111,6 +130,46 @@ impl MemoryNetwork {
 
 #[async_trait]
 impl Internode for MemoryNetwork {
+    async fn relay(
+        &self,
+        peer: NodeId,
+        call: Call,
+        timeout: Duration,
+    ) -> Result<Answer, RelayError> {
+        let fault = self.fault_for(peer);
+        match fault {
+            Some(Fault::Down) => return Err(RelayError::NotSent(peer, "down")),
+            Some(Fault::Silent) => {
+                tokio::time::sleep(timeout).await;
+                return Err(RelayError::Lost(peer, "went silent"));
+            }
+            Some(Fault::AnswerLost) | None => {}
+        }
+        let handler = {
+            let mut inner = self.lock();
+            let handler = inner.handlers.get(&peer).cloned();
+            if handler.is_some() {
+                inner.relayed.push((peer, call.path.clone()));
+            }
+            handler
+        };
+        let Some(handler) = handler else {
+            return Err(RelayError::NotSent(peer, "no such node"));
+        };
+        let id = call.id;
+        let (status, body) = tokio::time::timeout(timeout, handler.relay(call))
+            .await
+            .map_err(|_| RelayError::NoAnswer(peer, "timed out"))?;
+        if fault == Some(Fault::AnswerLost) {
+            return Err(RelayError::Lost(peer, "answer lost"));
+        }
+        Ok(Answer { id, status, body })
+    }
+
+    fn next_call_id(&self) -> u64 {
+        self.call_ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     async fn exchange(
         &self,
         peer: NodeId,

@@ -1,7 +1,8 @@
 //! The calling side of the messages nodes send each other, served by [`crate::internal`].
 //!
-//! [`Internode`] is the one typed interface: a method per message (push, pull or copy page,
-//! absorb, install map, catch-up, the reshard phases, key count, view change). Its two
+//! [`Internode`] is the one typed interface: a method per message (a forwarded client
+//! request, push, pull or copy page, absorb, install map, catch-up, the reshard phases, key
+//! count, view change). Its two
 //! implementations differ only in how a call's bytes travel:
 //! - [`relay::RelayPeers`]: JSON bodies in calls on the relay channel, which shares one
 //!   authenticated connection per peer with forwarded client requests;
@@ -23,6 +24,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::relay::{Answer, Call, RelayError};
 use crate::replication::protocol::{
     Absorb, Done, EpochMessage, KeyCount, MapMessage, ReplicateAck, ReplicateBatch, Rpc,
     SyncRequest, SyncResponse, ViewChange,
@@ -49,9 +51,25 @@ pub enum PeerError {
 }
 
 /// The messages one node sends another, one method per message. An implementation provides
-/// only [`Internode::exchange`], the transport; the typed methods encode and decode.
+/// the transports, [`Internode::exchange`] for the nodes' own messages and
+/// [`Internode::relay`] for forwarded client requests; the typed methods encode and decode.
 #[async_trait]
 pub trait Internode: Send + Sync {
+    /// Forwards a client's request (`call`, of kind [`crate::relay::Kind::Kv`]) to `peer`
+    /// and returns its answer as the peer gave it. The error says whether the call may
+    /// have reached the peer (see [`RelayError`]), which decides whether a write may be
+    /// sent again.
+    async fn relay(
+        &self,
+        peer: NodeId,
+        call: Call,
+        timeout: Duration,
+    ) -> Result<Answer, RelayError>;
+
+    /// A new id for a forwarded call: a write sent again after a lost connection keeps its
+    /// id, so that the peer answers it from memory instead of applying it twice.
+    fn next_call_id(&self) -> u64;
+
     /// Delivers call `rpc` with a JSON `body` to `peer` within `timeout`; the body of its
     /// answer if the peer served it (any other status is a [`PeerError::Status`]).
     async fn exchange(

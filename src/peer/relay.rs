@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::{Internode, PeerError};
 use crate::membership::{await_relay_address, RelayAddresses, RELAY_ADDRESS_WAIT};
-use crate::relay::{self, Call, Kind};
+use crate::relay::{self, Answer, Call, Kind, RelayError};
 use crate::replication::protocol::Rpc;
 use crate::NodeId;
 
@@ -27,8 +27,34 @@ impl RelayPeers {
     }
 }
 
+impl RelayPeers {
+    /// `peer`'s relay address, waiting for gossip to tell it until `deadline` at most.
+    async fn address(&self, peer: NodeId, deadline: tokio::time::Instant) -> Option<NodeId> {
+        let learnt_by = deadline.min(tokio::time::Instant::now() + RELAY_ADDRESS_WAIT);
+        await_relay_address(&self.relays, &peer, learnt_by).await
+    }
+}
+
 #[async_trait]
 impl Internode for RelayPeers {
+    async fn relay(
+        &self,
+        peer: NodeId,
+        call: Call,
+        timeout: Duration,
+    ) -> Result<Answer, RelayError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Some(address) = self.address(peer, deadline).await else {
+            return Err(RelayError::NotSent(peer, "its relay port is not known yet"));
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.relay.call(address, call, remaining).await
+    }
+
+    fn next_call_id(&self) -> u64 {
+        self.relay.next_id()
+    }
+
     async fn exchange(
         &self,
         peer: NodeId,
@@ -38,12 +64,9 @@ impl Internode for RelayPeers {
     ) -> Result<Bytes, PeerError> {
         let unreachable = |reason: String| PeerError::Unreachable { peer, reason };
         let deadline = tokio::time::Instant::now() + timeout;
-        let learnt_by = deadline.min(tokio::time::Instant::now() + RELAY_ADDRESS_WAIT);
-        let address = await_relay_address(&self.relays, &peer, learnt_by)
-            .await
-            .ok_or_else(|| {
-                unreachable("its relay port is not known (not heard by gossip)".into())
-            })?;
+        let address = self.address(peer, deadline).await.ok_or_else(|| {
+            unreachable("its relay port is not known (not heard by gossip)".into())
+        })?;
         let call = Call {
             id: 0,
             origin: 0,
