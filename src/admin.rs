@@ -27,9 +27,9 @@ use tokio::time::Instant;
 use crate::budget::Deadline;
 use crate::error::{KvsError, Result};
 use crate::node::{Node, PendingReshard};
+use crate::peer::messages::KeyCount;
 use crate::peer::{Internode, PeerError};
-use crate::replication::protocol::{Absorb, KeyCount};
-use crate::replication::{pull, push};
+use crate::replication::{handoff, pull, push};
 use crate::shard::{key_hash, MapError, ShardId, ShardMap};
 use crate::storage::Record;
 use crate::NodeId;
@@ -40,11 +40,8 @@ const PREPARE_TIMEOUT: Duration = Duration::from_secs(20);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(5);
-const TRANSFER_CHUNK: usize = 2000;
 /// Records read from the engine per page of a reshard transfer, then sent before the next.
 const TRANSFER_PAGE_RECORDS: usize = 20_000;
-/// Attempts to deliver one chunk of transferred records.
-const TRANSFER_ATTEMPTS: u32 = 4;
 /// How long a new member waits for the copies of its shard beyond the first.
 const CATCH_UP_GRACE: Duration = Duration::from_secs(3);
 
@@ -287,9 +284,9 @@ pub async fn transfer(node: &Arc<Node>, epoch: u64, participants: &[NodeId]) -> 
             };
         let plan = plan_transfer(node.me, &current, &next, participants, records);
         let peers = node.peers.as_ref();
-        let sends = plan
-            .into_iter()
-            .map(|(target, records)| async move { send_records(peers, target, &records).await });
+        let sends = plan.into_iter().map(|(target, records)| async move {
+            handoff::send_records(peers, target, &records).await
+        });
         if !join_all(sends).await.into_iter().all(|delivered| delivered) {
             return Err(KvsError::Unavailable);
         }
@@ -298,37 +295,6 @@ pub async fn transfer(node: &Arc<Node>, epoch: u64, participants: &[NodeId]) -> 
             None => return Ok(()),
         }
     }
-}
-
-/// Sends records to `target` in chunks, retrying each chunk a few times (a receiver busy
-/// with other transfers may time out; merging a chunk twice is harmless). Returns whether
-/// every chunk was delivered.
-async fn send_records(peers: &dyn Internode, target: NodeId, records: &[Record]) -> bool {
-    for chunk in records.chunks(TRANSFER_CHUNK) {
-        let body = Absorb {
-            records: chunk.to_vec(),
-        };
-        let mut delivered = false;
-        for attempt in 0..TRANSFER_ATTEMPTS {
-            match peers.absorb(target, &body, TRANSFER_TIMEOUT).await {
-                Ok(()) => {
-                    delivered = true;
-                    break;
-                }
-                Err(e) => {
-                    log::warn!(
-                        "sending records to {target} failed (attempt {}): {e}",
-                        attempt + 1
-                    );
-                    tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
-                }
-            }
-        }
-        if !delivered {
-            return false;
-        }
-    }
-    true
 }
 
 /// The members of `key`'s next shard that this node must send it to when `current` becomes
@@ -429,43 +395,12 @@ pub async fn expire_stale_freezes(node: Arc<Node>) {
     }
 }
 
-/// After learning a map by gossip: give the keys this node no longer owns to their owners,
-/// then drop them. Keys stay here if no owner can take them (they are never served or
-/// counted, since this node does not own them).
-pub async fn hand_off_foreign_keys(node: Arc<Node>) {
-    let records = node.foreign_records();
-    if records.is_empty() {
-        return;
-    }
-    let map = node.routing.map();
-    let mut by_shard: BTreeMap<ShardId, Vec<Record>> = BTreeMap::new();
-    for record in records {
-        if let Some(shard) = map.shard_for_key(&record.key) {
-            by_shard.entry(shard).or_default().push(record);
-        }
-    }
-    let mut all_delivered = true;
-    for (shard, records) in by_shard {
-        let members: Vec<NodeId> = map
-            .members(shard)
-            .map(|m| m.iter().copied().collect())
-            .unwrap_or_default();
-        let peers = node.peers.as_ref();
-        let records = &records;
-        let delivered = join_all(members.iter().map(|&m| send_records(peers, m, records))).await;
-        all_delivered &= delivered.into_iter().any(|ok| ok);
-    }
-    if all_delivered && node.routing.map().epoch == map.epoch {
-        node.drop_foreign_keys();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::causal::Stamp;
     use crate::peer::memory::{Fault, Handler, MemoryNetwork};
-    use crate::replication::protocol::{EpochMessage, MapMessage, Rpc};
+    use crate::peer::messages::{Absorb, EpochMessage, MapMessage, Rpc};
     use crate::storage::Entry;
     use bytes::Bytes;
     use std::sync::Mutex;
@@ -751,15 +686,15 @@ mod tests {
     async fn transferred_records_reach_a_busy_receiver_after_retries_and_not_a_dead_one() {
         let (net, participants) = network(3, None);
         *participants[0].busy_calls.lock().unwrap() = 2;
-        let records: Vec<Record> = (0..(TRANSFER_CHUNK + 5))
+        let records: Vec<Record> = (0..(handoff::RECORDS_PER_CALL + 5))
             .map(|i| record(&format!("k{i}")))
             .collect();
-        assert!(send_records(&net, id(2), &records).await);
+        assert!(handoff::send_records(&net, id(2), &records).await);
         assert_eq!(participants[0].phases().absorbed, records.len());
 
         net.set_fault(id(3), Some(Fault::Down));
         let started = Instant::now();
-        assert!(!send_records(&net, id(3), &records).await);
+        assert!(!handoff::send_records(&net, id(3), &records).await);
         // 250 + 500 + 1000 + 2000 ms of backoff, then given up.
         assert_eq!(started.elapsed(), Duration::from_millis(3750));
     }

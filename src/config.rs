@@ -1,6 +1,6 @@
 //! Node configuration from the environment of the contract (or the same flags).
 
-use crate::replication::quorum::{QuorumError, WriteQuorum};
+use crate::quorum::{QuorumError, WriteQuorum};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -47,3 +47,31 @@ pub enum KvsError {
 }
 
 pub type Result<T, E = KvsError> = std::result::Result<T, E>;
+
+/// The operation a request performs, named in error bodies ("Error in PUT").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Get,
+    Put,
+    Delete,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Get => "GET",
+            Op::Put => "PUT",
+            Op::Delete => "DELETE",
+        }
+    }
+
+    /// The operation of an HTTP method, by its name.
+    pub fn from_method(method: &str) -> Option<Self> {
+        match method {
+            "GET" => Some(Op::Get),
+            "PUT" => Some(Op::Put),
+            "DELETE" => Some(Op::Delete),
+            _ => None,
+        }
+    }
+}

@@ -17,11 +17,11 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 
 use crate::causal::CausalMetadata;
+use crate::error::Op;
 use crate::http::kv::{key_from_path, KvRequest};
-use crate::http::reply::Op;
+use crate::peer::messages::*;
 use crate::relay::frame::{decode_answer, decode_call, encode_call, Call, Incoming, Kind};
 use crate::relay::handshake::{self, RelayKey};
-use crate::replication::protocol::*;
 
 fn any_op() -> impl Strategy<Value = Op> {
     prop_oneof![Just(Op::Get), Just(Op::Put), Just(Op::Delete)]

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -15,7 +16,8 @@ use crate::error::KvsError;
 use crate::http::reply::{error_body, Op};
 use crate::node::Node;
 use crate::peer::memory::Handler;
-use crate::replication::protocol::*;
+use crate::peer::messages::*;
+use crate::relay::{Call, Kind};
 
 /// Serves the call named `name` with `body`; the status and body to send back.
 pub async fn serve(node: &Arc<Node>, name: &str, body: Bytes) -> (u16, Bytes) {
@@ -32,6 +34,22 @@ async fn serve_rpc(node: &Arc<Node>, rpc: Rpc, body: &[u8]) -> (u16, Bytes) {
     }
 }
 
+/// The relay channel's handler: a forwarded client request is served as if it came by
+/// HTTP, a node's own message by [`serve`].
+pub fn relay_handler(
+    node: Arc<Node>,
+) -> impl Fn(Call) -> BoxFuture<'static, (u16, Bytes)> + Clone + Send + Sync + 'static {
+    move |call: Call| {
+        let node = node.clone();
+        Box::pin(async move {
+            match call.op {
+                Kind::Kv(op) => crate::http::kv::serve_relayed(&node, op, call).await,
+                Kind::Internal => serve(&node, &call.path, call.body).await,
+            }
+        })
+    }
+}
+
 /// A node as a handler of the in-memory network ([`crate::peer::memory`]).
 pub struct NodeHandler(pub Arc<Node>);
 
@@ -42,7 +60,7 @@ impl Handler for NodeHandler {
     }
 
     async fn relay(&self, call: crate::relay::Call) -> (u16, Bytes) {
-        crate::http::kv::relay_handler(self.0.clone())(call).await
+        relay_handler(self.0.clone())(call).await
     }
 }
 
@@ -123,7 +141,9 @@ fn install_map(node: &Arc<Node>, message: MapMessage) -> Result<Vec<u8>, KvsErro
     }
     let current = node.routing.map();
     if message.map == *current || node.install_map(message.map, false) {
-        tokio::spawn(admin::hand_off_foreign_keys(node.clone()));
+        tokio::spawn(crate::replication::handoff::hand_off_foreign_keys(
+            node.clone(),
+        ));
         return json(&Done::yes());
     }
     Err(KvsError::Conflict("A newer shard map is in place".into()))

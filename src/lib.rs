@@ -37,6 +37,7 @@ pub mod internal;
 pub mod membership;
 pub mod node;
 pub mod peer;
+pub mod quorum;
 pub mod recovery;
 pub mod relay;
 pub mod replication;
@@ -86,7 +87,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(relay::serve(
         relay_listener,
         node.config.relay_key(),
-        http::relay_handler(node.clone()),
+        internal::relay_handler(node.clone()),
     ));
     tokio::spawn(node::drop_relays_to_lost_peers(node.clone()));
     tokio::spawn(node::purge_tombstones(node.clone()));

@@ -213,7 +213,7 @@ async fn a_damaged_data_directory_stops_the_node_with_one_line_naming_it() {
 #[tokio::test]
 async fn a_wiped_replica_copies_its_shard_in_pages() {
     let c = Cluster::start(3, Some(1), FMT).await;
-    let keys = kvs::replication::protocol::COPY_PAGE_RECORDS * 2 + 500;
+    let keys = kvs::peer::messages::COPY_PAGE_RECORDS * 2 + 500;
     // Independent writes from 16 tasks: the copy's size is what matters here, not causality.
     let client = reqwest::Client::new();
     let writers: Vec<_> = (0..16)

@@ -96,7 +96,7 @@ async fn delete_churn_leaves_no_tombstones_and_no_key_comes_back() {
     assert_eq!(s, 200, "{b}");
     let cm = b["causal-metadata"].as_str().unwrap().to_owned();
     // Three purge rounds with node 2 away: nothing purged.
-    tokio::time::sleep(kvs::replication::purge::PURGE_INTERVAL * 3).await;
+    tokio::time::sleep(kvs::node::purge::PURGE_INTERVAL * 3).await;
     let kept = tombstones(&c, 0).await;
     c.resume(2);
     assert_eq!(kept, away.len() as u64, "purged while a member was away");

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -16,8 +15,8 @@ use crate::causal::CausalMetadata;
 use crate::error::KvsError;
 use crate::node::{Node, Route};
 use crate::peer::MAX_HOPS;
+use crate::quorum::WriteQuorum;
 use crate::relay::{Call, Kind, RelayError};
-use crate::replication::quorum::WriteQuorum;
 use crate::NodeId;
 
 pub const MAX_KEY_CHARS: usize = 50;
@@ -129,7 +128,7 @@ pub async fn handle(
     if !req.uri().path().starts_with(PREFIX) {
         return reply::not_found(req.method().as_str());
     }
-    let Some(op) = Op::from_method(req.method()) else {
+    let Some(op) = Op::from_method(req.method().as_str()) else {
         return reply::method_not_allowed(req.method().as_str());
     };
     let Ok(body) = read_body(payload).await else {
@@ -149,27 +148,16 @@ pub async fn handle(
     serve(&node, op, path, body, arrival).await.into_response()
 }
 
-/// The relay channel's handler: a relayed request is served as if it came by HTTP.
-pub fn relay_handler(
-    node: Arc<Node>,
-) -> impl Fn(Call) -> BoxFuture<'static, (u16, Bytes)> + Clone + Send + Sync + 'static {
-    move |call: Call| {
-        let node = node.clone();
-        Box::pin(async move {
-            let arrival = Arrival {
-                hops: call.hops,
-                sender_epoch: call.epoch,
-                deadline: Deadline::from_budget_ms(call.budget_ms),
-            };
-            match call.op {
-                Kind::Kv(op) => {
-                    let answer = serve(&node, op, &call.path, call.body, arrival).await;
-                    (answer.status.as_u16(), answer.body)
-                }
-                Kind::Internal => crate::internal::serve(&node, &call.path, call.body).await,
-            }
-        })
-    }
+/// A client's request `op` relayed by another node (see [`crate::internal::relay_handler`]),
+/// served as if it came by HTTP.
+pub async fn serve_relayed(node: &Arc<Node>, op: Op, call: Call) -> (u16, Bytes) {
+    let arrival = Arrival {
+        hops: call.hops,
+        sender_epoch: call.epoch,
+        deadline: Deadline::from_budget_ms(call.budget_ms),
+    };
+    let answer = serve(node, op, &call.path, call.body, arrival).await;
+    (answer.status.as_u16(), answer.body)
 }
 
 /// How a request reached this node.

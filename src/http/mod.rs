@@ -16,8 +16,6 @@ use serde_json::{Map, Value};
 
 use crate::node::Node;
 
-pub use kv::relay_handler;
-
 /// The largest client request body accepted (413 beyond).
 pub const BODY_LIMIT: usize = 1 << 20;
 

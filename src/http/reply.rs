@@ -7,32 +7,7 @@ use serde_json::{json, Value};
 use crate::config::ApiFormat;
 use crate::error::KvsError;
 
-/// The operation a request performs, named in error bodies ("Error in PUT").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Get,
-    Put,
-    Delete,
-}
-
-impl Op {
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::Get => "GET",
-            Op::Put => "PUT",
-            Op::Delete => "DELETE",
-        }
-    }
-
-    pub fn from_method(method: &actix_web::http::Method) -> Option<Self> {
-        match method.as_str() {
-            "GET" => Some(Op::Get),
-            "PUT" => Some(Op::Put),
-            "DELETE" => Some(Op::Delete),
-            _ => None,
-        }
-    }
-}
+pub use crate::error::Op;
 
 pub fn json(status: StatusCode, body: Value) -> HttpResponse {
     HttpResponse::build(status)

@@ -10,7 +10,7 @@ use super::reply::{self, Op};
 use super::{json_object, read_body, refuse_unless_admin, BODY_LIMIT};
 use crate::error::KvsError;
 use crate::node::Node;
-use crate::replication::protocol::ViewChange;
+use crate::peer::messages::ViewChange;
 use crate::NodeId;
 
 /// Reads `socket-address` from a body, with an error that says what is wrong.
@@ -32,7 +32,7 @@ pub async fn handle(
     payload: web::Payload,
     node: web::Data<Arc<Node>>,
 ) -> HttpResponse {
-    let Some(op) = Op::from_method(req.method()) else {
+    let Some(op) = Op::from_method(req.method().as_str()) else {
         return reply::method_not_allowed(req.method().as_str());
     };
     if op == Op::Get {

@@ -17,12 +17,12 @@ use super::storage_failed;
 use crate::causal::{Admission, CausalMetadata, Readiness, Replica, Stamp};
 use crate::config::SyncMode;
 use crate::error::{KvsError, Result};
-use crate::recovery::{META_MAP, META_STATE};
-use crate::replication::outbox::Outbox;
-use crate::replication::protocol::{
+use crate::node::outbox::Outbox;
+use crate::node::recent::RecentLog;
+use crate::peer::messages::{
     ReplicateAck, ReplicateBatch, StorageStats, SyncRequest, SyncResponse, COPY_PAGE_RECORDS,
 };
-use crate::replication::recent::RecentLog;
+use crate::recovery::{META_MAP, META_STATE};
 use crate::shard::ShardMap;
 use crate::storage::{Entry, Record, ReplicaState, Store};
 use crate::NodeId;

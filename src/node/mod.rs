@@ -4,7 +4,7 @@
 //!   and the outbox, behind one lock order;
 //! - [`routing::Routing`]: the shard map and where each key's requests go;
 //! - [`reshard::ReshardState`]: the write gate, a prepared reshard, the coordinator's lock;
-//! - [`crate::replication::quorum::Acks`]: how far each peer holds this node's writes;
+//! - [`crate::quorum::Acks`]: how far each peer holds this node's writes;
 //! - [`crate::membership::Membership`] (who is up) and [`crate::peer::Internode`] (the
 //!   messages to other nodes).
 //!
@@ -13,7 +13,11 @@
 //! keeps replicas together lives in `replication`, the administrative changes in `admin`,
 //! and the HTTP surface in `http`.
 
+pub mod held;
 pub mod local;
+pub mod outbox;
+pub mod purge;
+pub mod recent;
 pub mod reshard;
 pub mod routing;
 
@@ -30,12 +34,11 @@ use crate::causal::{CausalMetadata, Readiness};
 use crate::config::Config;
 use crate::error::{KvsError, Result};
 use crate::membership::Membership;
+use crate::node::purge::Barrier;
+use crate::peer::messages::{ReplicateAck, ReplicateBatch, SyncRequest, SyncResponse};
 use crate::peer::{Internode, RelayPeers};
+use crate::quorum::{Acks, WriteQuorum};
 use crate::recovery::Recovered;
-use crate::replication::protocol::{ReplicateAck, ReplicateBatch, SyncRequest, SyncResponse};
-use crate::replication::purge::Barrier;
-use crate::replication::push;
-use crate::replication::quorum::{Acks, WriteQuorum};
 use crate::shard::{ShardId, ShardMap};
 use crate::storage::{Entry, Record, StorageError};
 use crate::NodeId;
@@ -134,7 +137,7 @@ impl Node {
         Routing::owned_filter(map, &self.me)
     }
 
-    /// One round of tombstone purging ([`crate::replication::purge`]): the members' applied
+    /// One round of tombstone purging ([`crate::node::purge`]): the members' applied
     /// clocks (this node's and, from gossip, its shard peers') advance the barrier, and the
     /// tombstones it clears are dropped. Returns how many.
     pub fn purge_round(&self, barrier: &mut Barrier) -> usize {
@@ -368,7 +371,7 @@ impl Node {
     /// waited on the writes stuck behind it (round-robin PUT p99.9 54 ms).
     pub async fn receive_push(&self, batch: ReplicateBatch) -> ReplicateAck {
         let progress = self.local.subscribe_progress();
-        push::apply_held(batch, |b| self.apply_batch(b), progress, BLOCKED_HOLD).await
+        held::apply_held(batch, |b| self.apply_batch(b), progress, BLOCKED_HOLD).await
     }
 
     /// Applies a peer's push, in order, as far as causality allows, and says how far it got.
@@ -450,13 +453,13 @@ pub async fn drop_relays_to_lost_peers(node: Arc<Node>) {
     }
 }
 
-/// Purges tombstones every [`crate::replication::purge::PURGE_INTERVAL`], starting the
+/// Purges tombstones every [`crate::node::purge::PURGE_INTERVAL`], starting the
 /// barrier over whenever the shard map changes (its members may have).
 pub async fn purge_tombstones(node: Arc<Node>) {
     let mut barrier = Barrier::default();
     let mut epoch = node.routing.map().epoch;
     loop {
-        tokio::time::sleep(crate::replication::purge::PURGE_INTERVAL).await;
+        tokio::time::sleep(crate::node::purge::PURGE_INTERVAL).await;
         let current = node.routing.map().epoch;
         if current != epoch {
             barrier = Barrier::default();

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{Internode, PeerError};
+use crate::peer::messages::Rpc;
 use crate::relay::{Answer, Call, RelayError};
-use crate::replication::protocol::Rpc;
 use crate::NodeId;
 
 /// The serving side of a call: its status and body, as a node's relay channel answers.
@@ -219,7 +219,7 @@ impl Internode for MemoryNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replication::protocol::KeyCount;
+    use crate::peer::messages::KeyCount;
 
     struct Counter;
 

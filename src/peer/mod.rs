@@ -15,6 +15,7 @@
 //! Every call has a timeout.
 
 pub mod memory;
+pub mod messages;
 pub mod relay;
 
 use std::time::Duration;
@@ -24,11 +25,11 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::relay::{Answer, Call, RelayError};
-use crate::replication::protocol::{
+use crate::peer::messages::{
     Absorb, Done, EpochMessage, KeyCount, MapMessage, ReplicateAck, ReplicateBatch, Rpc,
     SyncRequest, SyncResponse, ViewChange,
 };
+use crate::relay::{Answer, Call, RelayError};
 use crate::shard::{ShardId, ShardMap};
 use crate::NodeId;
 

@@ -10,8 +10,8 @@ use tokio::sync::watch;
 
 use super::{Internode, PeerError};
 use crate::membership::{await_relay_address, RelayAddresses, RELAY_ADDRESS_WAIT};
+use crate::peer::messages::Rpc;
 use crate::relay::{self, Answer, Call, Kind, RelayError};
-use crate::replication::protocol::Rpc;
 use crate::NodeId;
 
 /// Makes the calls of [`Internode`] to other nodes, over the relay channel.

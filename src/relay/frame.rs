@@ -24,7 +24,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::http::reply::Op;
+use crate::error::Op;
 
 /// The largest payload accepted: a page of a full copy, or a whole shard from a node
 /// that keeps it in memory (about 250 MB per million keys), as the internal HTTP endpoints

@@ -66,7 +66,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::http::reply::Op;
+    use crate::error::Op;
 
     fn call(path: &str, body: &str) -> Call {
         Call {

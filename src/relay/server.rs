@@ -17,7 +17,7 @@ use super::frame::{decode_call, encode_answer, Answer, Call, Incoming, Kind, FOR
 use super::handshake::{self, RelayKey};
 use super::remembered::{Begin, Remembered, Reply};
 use super::{reserve_for_read, write_coalesced, MAX_IN_FLIGHT};
-use crate::http::reply::Op;
+use crate::error::Op;
 
 type Memory = Arc<Mutex<Remembered>>;
 

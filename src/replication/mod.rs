@@ -1,14 +1,11 @@
-//! Replication inside a shard: pushing own writes to peers (`push`) from a bounded outbox,
-//! pulling what is missing (`pull`) from peers' logs of recent writes (`recent`), and the
-//! messages on the wire (`protocol`).
+//! Replication inside a shard, the tasks that move writes between its members: pushing own
+//! writes to peers (`push`) from the node's bounded outbox, and pulling what is missing
+//! (`pull`) from peers' logs of recent writes. What they move and where it lands is the
+//! node's ([`crate::node`]); the messages are [`crate::peer::messages`].
 
-pub mod outbox;
-pub mod protocol;
+pub mod handoff;
 pub mod pull;
-pub mod purge;
 pub mod push;
-pub mod quorum;
-pub mod recent;
 
 use std::sync::Arc;
 

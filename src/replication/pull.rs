@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use tokio::task::JoinSet;
 
-use super::protocol::{SyncRequest, SyncResponse};
 use crate::causal::{CausalMetadata, VectorClock};
 use crate::membership::{KEY_APPLIED, KEY_MAP};
 use crate::node::{CopyPart, Node};
+use crate::peer::messages::{SyncRequest, SyncResponse};
 use crate::peer::Internode;
 use crate::shard::{PeerMap, ShardMap};
 use crate::NodeId;
@@ -316,7 +316,7 @@ pub async fn follow_gossiped_maps(node: Arc<Node>) {
             .reduce(|a, b| if b.supersedes(a) { b } else { a });
         if let Some(map) = best {
             if !node.reshard.is_pending() && node.install_map(map.clone(), false) {
-                tokio::spawn(crate::admin::hand_off_foreign_keys(node.clone()));
+                tokio::spawn(super::handoff::hand_off_foreign_keys(node.clone()));
             }
         }
         form_map_if_none(&node, &peers);
@@ -355,7 +355,7 @@ mod tests {
     use super::*;
     use crate::causal::Stamp;
     use crate::peer::memory::{Fault, Handler, MemoryNetwork};
-    use crate::replication::protocol::Rpc;
+    use crate::peer::messages::Rpc;
     use crate::storage::{Entry, Record};
     use bytes::Bytes;
     use std::sync::Mutex;
