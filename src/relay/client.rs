@@ -7,6 +7,7 @@
 //! peer the connection is closed and its calls fail as [`RelayError::Lost`], within
 //! seconds instead of at their deadlines, so that the caller can fail over.
 
+use super::throttle::Throttle;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -117,6 +118,8 @@ pub struct Client {
     runtime: Option<tokio::runtime::Handle>,
     /// Every connection proves it with the peer before its first frame.
     key: RelayKey,
+    /// Failed handshakes are retried every 250 ms: warned of once in a while.
+    refusals: Throttle,
 }
 
 impl Default for Client {
@@ -135,6 +138,7 @@ impl Client {
     pub fn with_key(key: RelayKey) -> Self {
         Self {
             key,
+            refusals: Throttle::default(),
             origin: rand::random(),
             next_id: AtomicU64::new(1),
             connections: Mutex::new(HashMap::new()),
@@ -271,7 +275,8 @@ impl Client {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 *last_failure = Some(Instant::now());
-                log::warn!("relay to {addr}: {e}");
+                self.refusals
+                    .warn(addr.ip(), format_args!("relay to {addr}: {e}"));
                 return Err(RelayError::NotSent(addr, "the handshake failed"));
             }
             Err(_) => {

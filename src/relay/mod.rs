@@ -16,6 +16,7 @@ pub mod frame;
 pub mod handshake;
 pub mod remembered;
 pub mod server;
+pub mod throttle;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;

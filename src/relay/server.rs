@@ -2,6 +2,7 @@
 //! calls at once per connection; answers heartbeats at once; answers a write sent again
 //! from memory ([`super::remembered`]).
 
+use super::throttle::Throttle;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -36,6 +37,7 @@ where
     F: Future<Output = (u16, Bytes)> + Send + 'static,
 {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let refusals = Arc::new(Throttle::default());
     // Shared by every connection: a write is sent again on a new connection.
     let memory = Memory::default();
     loop {
@@ -54,10 +56,14 @@ where
         };
         let handler = handler.clone();
         let memory = memory.clone();
+        let refusals = refusals.clone();
         tokio::spawn(async move {
             match handshake::server(&mut socket, &key).await {
                 Ok(()) => serve_connection(socket, handler, memory).await,
-                Err(e) => log::warn!("relay connection from {peer} refused: {e}"),
+                Err(e) => refusals.warn(
+                    peer.ip(),
+                    format_args!("relay connection from {peer} refused: {e}"),
+                ),
             }
             drop(permit);
         });
