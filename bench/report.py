@@ -34,8 +34,10 @@ ROWS = [
     (K3, "GET at half peak (open loop)", "kvs3.get.half"),
     (K3, "PUT at half peak (open loop)", "kvs3.put.half"),
     (K3, "90/10 at half peak (open loop)", "kvs3.mix.half"),
-    (K3, "PUT, round robin per request", "kvs3.put.rr"),
-    (K3, "90/10, round robin per request", "kvs3.mix.rr"),
+    (K3, "PUT, sessions on one node (fresh store)", "kvs3.put.sticky"),
+    (K3, "PUT, round robin per request (fresh store)", "kvs3.put.rr"),
+    (K3, "90/10, sessions on one node (fresh store)", "kvs3.mix.sticky"),
+    (K3, "90/10, round robin per request (fresh store)", "kvs3.mix.rr"),
     ("kvs3, KVS_SYNC=always", "GET", "kvs3always.get"),
     ("kvs3, KVS_SYNC=always", "PUT (synced before the answer)", "kvs3always.put"),
     ("kvs3, in memory", "GET", "kvs3memory.get"),
@@ -134,8 +136,8 @@ def main():
     ratio("kvs3 PUT, sync always / etcd PUT", "kvs3always.put", "etcd.put", 1)
     ratio("kvs3 PUT periodic sync / in memory", "kvs3.put", "kvs3memory.put", None)
     ratio("kvs3 PUT sync always / periodic", "kvs3always.put", "kvs3.put", None)
-    ratio("kvs3 PUT round robin / sticky", "kvs3.put.rr", "kvs3.put", 0.6)
-    ratio("kvs3 90/10 round robin / sticky", "kvs3.mix.rr", "kvs3.mix", 0.6)
+    ratio("kvs3 PUT round robin / sticky", "kvs3.put.rr", "kvs3.put.sticky", 0.6)
+    ratio("kvs3 90/10 round robin / sticky", "kvs3.mix.rr", "kvs3.mix.sticky", 0.6)
     for name, label in [
         ("kvs3.get.half", "kvs3 GET"),
         ("kvs3.put.half", "kvs3 PUT"),
