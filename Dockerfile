@@ -17,4 +17,7 @@ ENV KVS_DATA_DIR=/data
 USER 65534:65534
 # HTTP on TCP 8080, gossip on UDP 8080 (the port of SOCKET_ADDRESS).
 EXPOSE 8080/tcp 8080/udp
+# Ready: the node has a shard map and holds its shard's data (docs/docker.md). The image has
+# no shell and no curl: the binary probes itself.
+HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=3 CMD ["/kvs", "healthcheck"]
 ENTRYPOINT ["/kvs"]

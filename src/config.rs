@@ -25,7 +25,9 @@ pub enum ApiFormat {
 #[command(
     name = "kvs",
     version,
-    about = "A sharded, replicated, causally consistent key-value store node"
+    about = "A sharded, replicated, causally consistent key-value store node",
+    after_help = "Subcommand: `kvs healthcheck [--live] [--address HOST:PORT]` probes a node's \
+                  readiness (see `kvs healthcheck --help`)."
 )]
 pub struct Args {
     /// ip:port at which the other nodes reach this node.

@@ -32,6 +32,7 @@ pub mod config;
 pub mod error;
 #[cfg(test)]
 mod fuzz;
+pub mod health;
 pub mod http;
 pub mod internal;
 pub mod membership;

@@ -9,7 +9,63 @@ use kvs::{Args, Config};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `kvs healthcheck`: for a Docker `HEALTHCHECK` or a Kubernetes probe (the image has no
+/// shell and no curl).
+#[derive(Parser)]
+#[command(
+    name = "kvs healthcheck",
+    bin_name = "kvs healthcheck",
+    about = "Probes a kvs node over HTTP: exit 0 if it is ready (or, with --live, serving), \
+             1 with a one-line reason if not"
+)]
+struct Healthcheck {
+    /// The node to probe, host:port. Default: BIND_ADDRESS (a wildcard IP is probed on
+    /// 127.0.0.1), else SOCKET_ADDRESS: the node of this container or pod.
+    #[arg(long)]
+    address: Option<String>,
+    /// Probe liveness (the node serves HTTP) instead of readiness (it has a shard map and
+    /// holds its shard's data).
+    #[arg(long)]
+    live: bool,
+    /// How long to wait for the answer.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+}
+
+fn healthcheck(args: Healthcheck) -> ExitCode {
+    let env = |name| std::env::var(name).ok();
+    let address = args.address.or_else(|| {
+        kvs::health::local_address(
+            env("BIND_ADDRESS").as_deref(),
+            env("SOCKET_ADDRESS").as_deref(),
+        )
+    });
+    let Some(address) = address else {
+        eprintln!("kvs healthcheck: no address (--address, BIND_ADDRESS or SOCKET_ADDRESS)");
+        return ExitCode::from(2);
+    };
+    let path = if args.live {
+        kvs::health::LIVE_PATH
+    } else {
+        kvs::health::READY_PATH
+    };
+    let timeout = std::time::Duration::from_millis(args.timeout_ms);
+    match kvs::health::probe(&address, path, timeout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvs healthcheck: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "healthcheck")
+    {
+        return healthcheck(Healthcheck::parse_from(std::env::args_os().skip(1)));
+    }
     let args = Args::parse();
     let config = match Config::from_args(&args) {
         Ok(config) => config,

@@ -1,5 +1,5 @@
-//! The HTTP surface, for clients only: the contract (`kv`, `view`, `shard`) and the node's
-//! storage counts. Nodes talk to each other on the relay channel ([`crate::internal`]).
+//! The HTTP surface, for clients only: the contract (`kv`, `view`, `shard`), the node's
+//! storage counts, and its liveness and readiness ([`crate::health`]). Nodes talk to each other on the relay channel ([`crate::internal`]).
 
 pub(crate) mod kv;
 pub mod reply;
@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use serde_json::{Map, Value};
 
+use crate::health;
 use crate::node::Node;
 
 /// The largest client request body accepted (413 beyond).
@@ -32,6 +33,8 @@ pub fn server(node: Arc<Node>) -> std::io::Result<Server> {
             .route("/key-value-store-view", web::route().to(view::handle))
             .configure(shard::routes)
             .route("/kvs/storage", web::get().to(storage))
+            .route(health::LIVE_PATH, web::get().to(live))
+            .route(health::READY_PATH, web::get().to(ready))
             .default_service(web::to(|req: HttpRequest| async move {
                 reply::not_found(req.method().as_str())
             }))
@@ -52,6 +55,23 @@ pub fn server(node: Arc<Node>) -> std::io::Result<Server> {
 /// operators and tests).
 async fn storage(node: web::Data<Arc<Node>>) -> HttpResponse {
     reply::ok(serde_json::json!(node.local.storage_stats()))
+}
+
+/// `GET /kvs/health/live`: the node serves HTTP.
+async fn live() -> HttpResponse {
+    reply::ok(serde_json::json!({"live": true}))
+}
+
+/// `GET /kvs/health/ready`: 200 when the node can serve its keys, else 503 saying what it
+/// waits for ([`health::Readiness`]).
+async fn ready(node: web::Data<Arc<Node>>) -> HttpResponse {
+    let readiness = health::Readiness::of(&node);
+    let status = if readiness.ready {
+        actix_web::http::StatusCode::OK
+    } else {
+        actix_web::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    reply::json(status, serde_json::json!(readiness))
 }
 
 /// Reads a request body up to [`BODY_LIMIT`] bytes.

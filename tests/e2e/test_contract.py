@@ -4,7 +4,7 @@ store of real containers (4 nodes, 2 shards), one store per format."""
 import time
 import unittest
 
-from kvs_e2e import StoreTestCase, build_image, log, wait_until
+from kvs_e2e import StoreTestCase, build_image, docker, log, wait_until
 
 
 def setUpModule():
@@ -31,6 +31,19 @@ class ContractChecks:
         return list(items) if self.FORMAT == "2020" else ",".join(items)
 
     # ------------------------------------------------------------------ view
+    def test_containers_report_healthy(self):
+        """The image's HEALTHCHECK runs `kvs healthcheck` (no shell, no curl in the image):
+        every container turns healthy, and `docker ps` says so."""
+        def health(i):
+            return docker("inspect", "-f", "{{.State.Health.Status}}", self.store.name(i)).stdout.strip()
+        for i in self.store.indexes():
+            wait_until(lambda: health(i) == "healthy", 60, interval=1,
+                       what=f"{self.store.name(i)} to report healthy")
+        listed = docker("ps", "--format", "{{.Names}} {{.Status}}").stdout
+        for i in self.store.indexes():
+            line = next(l for l in listed.splitlines() if l.split()[0] == self.store.name(i))
+            self.assertIn("(healthy)", line)
+
     def test_view_get(self):
         s = self.store
         want = {"message": "View retrieved successfully", "view": ",".join(s.addrs())}
