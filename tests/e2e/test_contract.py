@@ -36,11 +36,11 @@ class ContractChecks:
         every container turns healthy, and `docker ps` says so."""
         def health(i):
             return docker("inspect", "-f", "{{.State.Health.Status}}", self.store.name(i)).stdout.strip()
-        for i in self.store.indexes():
+        for i in self.store.indexes:
             wait_until(lambda: health(i) == "healthy", 60, interval=1,
                        what=f"{self.store.name(i)} to report healthy")
         listed = docker("ps", "--format", "{{.Names}} {{.Status}}").stdout
-        for i in self.store.indexes():
+        for i in self.store.indexes:
             line = next(l for l in listed.splitlines() if l.split()[0] == self.store.name(i))
             self.assertIn("(healthy)", line)
 
