@@ -28,7 +28,7 @@ fn healthcheck(address: &str, extra: &[&str]) -> (i32, String) {
 /// peer starts, both form the map and are ready.
 #[tokio::test]
 async fn a_node_is_ready_once_it_has_a_map_and_its_shards_data() {
-    let mut c = Cluster::spawn_some(2, 1, None, FMT);
+    let c = Cluster::spawn_some(2, 1, None, FMT);
     let first = c.addr(0).to_string();
     c.wait_http(0, READY_TIMEOUT).await;
     let (s, b) = get(&c.url(0, "/kvs/health/live"), None).await;

@@ -385,15 +385,8 @@ async fn shard_ids(c: &Cluster, i: usize) -> Value {
 #[tokio::test]
 async fn forged_gossip_values_are_ignored() {
     let secret = "the-secret-of-the-gossip-test-store";
-    let mut c = Cluster::spawn_some(2, 0, Some(1), FMT);
-    for i in 0..2 {
-        c.set_env(i, &[("KVS_CLUSTER_SECRET", secret)]);
-        c.restart(i);
-    }
+    let c = Cluster::start_with_env(2, Some(1), FMT, &[("KVS_CLUSTER_SECRET", secret)]).await;
     let all = c.addrs();
-    for i in 0..2 {
-        c.wait_view(i, &all, READY_TIMEOUT).await;
-    }
     let before = shard_ids(&c, 0).await;
     let forged = kvs::shard::ShardMap {
         epoch: 1_000,

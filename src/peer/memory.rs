@@ -205,14 +205,7 @@ impl Internode for MemoryNetwork {
         if fault == Some(Fault::AnswerLost) {
             return Err(unreachable("answer lost"));
         }
-        if status != 200 {
-            return Err(PeerError::Status {
-                peer,
-                status,
-                body: String::from_utf8_lossy(&answer).into_owned(),
-            });
-        }
-        Ok(answer)
+        super::served(peer, status, answer)
     }
 }
 

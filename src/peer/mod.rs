@@ -126,8 +126,7 @@ pub trait Internode: Send + Sync {
         map: &ShardMap,
         timeout: Duration,
     ) -> Result<(), PeerError> {
-        let message = MapMessage { map: map.clone() };
-        done(call(self, peer, Rpc::Map, &message, timeout).await)
+        done(call(self, peer, Rpc::Map, &map_message(map), timeout).await)
     }
 
     /// Asks a new member to copy its shard once it holds the map of `epoch`.
@@ -154,8 +153,7 @@ pub trait Internode: Send + Sync {
         map: &ShardMap,
         timeout: Duration,
     ) -> Result<(), PeerError> {
-        let message = MapMessage { map: map.clone() };
-        done(call(self, peer, Rpc::Prepare, &message, timeout).await)
+        done(call(self, peer, Rpc::Prepare, &map_message(map), timeout).await)
     }
 
     /// Reshard phase 2: send the keys this peer is designated for.
@@ -207,6 +205,22 @@ fn epoch_message(epoch: u64, participants: &[NodeId]) -> EpochMessage {
         epoch,
         participants: participants.to_vec(),
     }
+}
+
+fn map_message(map: &ShardMap) -> MapMessage {
+    MapMessage { map: map.clone() }
+}
+
+/// The body of an answer with `status`: a call is served only with 200.
+pub(crate) fn served(peer: NodeId, status: u16, body: Bytes) -> Result<Bytes, PeerError> {
+    if status != 200 {
+        return Err(PeerError::Status {
+            peer,
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+    Ok(body)
 }
 
 fn done(answer: Result<Done, PeerError>) -> Result<(), PeerError> {

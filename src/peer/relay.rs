@@ -84,13 +84,6 @@ impl Internode for RelayPeers {
             .call(address, call, remaining)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        if answer.status != 200 {
-            return Err(PeerError::Status {
-                peer,
-                status: answer.status,
-                body: String::from_utf8_lossy(&answer.body).into_owned(),
-            });
-        }
-        Ok(answer.body)
+        super::served(peer, answer.status, answer.body)
     }
 }
