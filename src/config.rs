@@ -42,7 +42,7 @@ pub struct Args {
     /// Wire format of list fields: 2019 (comma-joined strings) or 2020 (JSON arrays).
     #[arg(long, env = "API_FORMAT", default_value = "2019")]
     pub api_format: String,
-    /// Where HTTP (TCP) and gossip (UDP) listen; default 0.0.0.0:<port of SOCKET_ADDRESS>.
+    /// Where HTTP (TCP) and gossip (UDP) listen; default `0.0.0.0:<port of SOCKET_ADDRESS>`.
     #[arg(long, env = "BIND_ADDRESS")]
     pub bind_address: Option<String>,
     /// Gossip round interval in milliseconds; failure detection takes about four rounds.

@@ -59,6 +59,8 @@ pub enum ProbeError {
     Resolve(String, String),
     #[error("{0}: {1}")]
     Io(SocketAddr, std::io::Error),
+    #[error("{0}: no answer within {1:?}")]
+    Timeout(SocketAddr, Duration),
     #[error("{0} answered {1}")]
     Status(SocketAddr, String),
 }
@@ -72,7 +74,12 @@ pub fn probe(address: &str, path: &str, timeout: Duration) -> Result<(), ProbeEr
         .map_err(|e| ProbeError::Resolve(address.to_owned(), e.to_string()))?
         .next()
         .ok_or_else(|| ProbeError::Resolve(address.to_owned(), "no address".into()))?;
-    let io = |e| ProbeError::Io(target, e);
+    let io = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            ProbeError::Timeout(target, timeout)
+        }
+        _ => ProbeError::Io(target, e),
+    };
     let left = || {
         deadline
             .saturating_duration_since(Instant::now())
@@ -156,7 +163,8 @@ mod tests {
         let silent = TcpListener::bind("127.0.0.1:0").unwrap();
         let started = Instant::now();
         let address = silent.local_addr().unwrap().to_string();
-        assert!(probe(&address, LIVE_PATH, Duration::from_millis(300)).is_err());
+        let err = probe(&address, LIVE_PATH, Duration::from_millis(300)).unwrap_err();
+        assert!(err.to_string().ends_with("no answer within 300ms"), "{err}");
         assert!(started.elapsed() < SECOND, "{:?}", started.elapsed());
     }
 

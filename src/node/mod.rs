@@ -362,7 +362,7 @@ impl Node {
     }
 
     /// Receives a peer's push: applies it as far as causality allows and, when a write in it
-    /// waits on a write from a third node, holds the push up to [`BLOCKED_HOLD`] and goes on
+    /// waits on a write from a third node, holds the push up to `BLOCKED_HOLD` (20 ms) and goes on
     /// as soon as that write arrives, so the pusher hears how far it got without polling.
     ///
     /// Sessions that spread their writes over the nodes make such waits common: each write

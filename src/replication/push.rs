@@ -1,6 +1,6 @@
 //! Pushing this node's writes to the other members of its shard.
 //!
-//! One task per peer drains the shared outbox in batches of up to [`BATCH`] records, one
+//! One task per peer drains the shared outbox in batches of up to `BATCH` (512) records, one
 //! request in flight at a time: under load a single request carries many writes, so
 //! replication costs far fewer requests than writes. The peer answers with how far it has
 //! applied this node's writes and the pusher resumes from there, which makes retries after
