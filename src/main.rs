@@ -74,11 +74,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::from_env(
+    let mut logger = env_logger::Builder::from_env(
         env_logger::Env::default()
             .default_filter_or("info,chitchat=warn,actix_server=warn,fjall=warn,lsm_tree=warn"),
-    )
-    .init();
+    );
+    if args.log_format == kvs::config::LogFormat::Json {
+        logger.format(|buf, record| {
+            use std::io::Write;
+            let ts = buf.timestamp_millis().to_string();
+            let msg = record.args().to_string();
+            let line = kvs::config::json_log_line(&ts, record.level(), record.target(), &msg);
+            writeln!(buf, "{line}")
+        });
+    }
+    logger.init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers)
         .enable_all()

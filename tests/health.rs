@@ -88,3 +88,27 @@ fn a_probe_of_no_node_fails_with_a_reason() {
         .expect("kvs healthcheck runs");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `KVS_LOG_FORMAT=json`: every line a node logs is one JSON object with a timestamp, a
+/// level, a target and a message, for log collectors.
+#[tokio::test]
+async fn logs_are_json_lines_when_asked_for() {
+    let c = Cluster::start_with_env(2, Some(1), FMT, &[("KVS_LOG_FORMAT", "json")]).await;
+    let (s, b) = c.kv_put(0, "k", "v", "").await;
+    assert_eq!(s, 201, "{b}");
+    let log = std::fs::read_to_string(&c.nodes[0].log_path).expect("the node's log");
+    // The harness writes a header line of its own before the node's.
+    let lines: Vec<&str> = log.lines().filter(|l| !l.starts_with("====")).collect();
+    assert!(lines.len() >= 2, "{log}");
+    for line in &lines {
+        let record: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for field in ["ts", "level", "target", "msg"] {
+            assert!(record[field].is_string(), "{field} in {line}");
+        }
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("listening on")),
+        "the start line: {log}"
+    );
+}
