@@ -160,10 +160,18 @@ async fn a_read_keeps_the_clients_own_writes() {
     let c = three_nodes().await;
     warm_up(&c).await;
     let other = must_put(&c, 1, "k17", "from-someone-else", "").await;
-    let (s, _, _) = ok(c
-        .poll_get(2, "k17", Some(&other), CONVERGE_TIMEOUT, |s, _| s == 200)
-        .await);
-    assert_eq!(s, 200);
+    // On every node before the client's own write: the GET of k17 below carries only the
+    // client's write to k18, so whichever replica serves it (node 1, or node 0, the issuer
+    // of that token, which node 1 may relay it to) must hold k17 already. Waiting for
+    // node 2 alone let node 0 answer 404 in one CI run: a valid causal answer, not the one
+    // this test is about.
+    // Read without metadata: one with `other` may be relayed to node 1, its issuer.
+    for i in 0..3 {
+        let (s, _, _) = ok(c
+            .poll_get(i, "k17", None, CONVERGE_TIMEOUT, |s, _| s == 200)
+            .await);
+        assert_eq!(s, 200);
+    }
     c.pause(2);
     let mine = must_put(&c, 0, "k18", "mine", "").await;
     let (s, body) = c.kv_get(1, "k17", Some(&mine)).await;
