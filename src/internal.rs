@@ -15,20 +15,15 @@ use crate::admin;
 use crate::error::KvsError;
 use crate::http::reply::{error_body, Op};
 use crate::node::Node;
-use crate::peer::memory::Handler;
 use crate::peer::messages::*;
 use crate::relay::{Call, Kind};
 
 /// Serves the call named `name` with `body`; the status and body to send back.
 pub async fn serve(node: &Arc<Node>, name: &str, body: Bytes) -> (u16, Bytes) {
-    match Rpc::from_name(name) {
-        Some(rpc) => serve_rpc(node, rpc, &body).await,
-        None => failure(&KvsError::BadRequest(format!("unknown call {name:?}"))),
-    }
-}
-
-async fn serve_rpc(node: &Arc<Node>, rpc: Rpc, body: &[u8]) -> (u16, Bytes) {
-    match answer(node, rpc, body).await {
+    let Some(rpc) = Rpc::from_name(name) else {
+        return failure(&KvsError::BadRequest(format!("unknown call {name:?}")));
+    };
+    match answer(node, rpc, &body).await {
         Ok(bytes) => (200, Bytes::from(bytes)),
         Err(e) => failure(&e),
     }
@@ -47,20 +42,6 @@ pub fn relay_handler(
                 Kind::Internal => serve(&node, &call.path, call.body).await,
             }
         })
-    }
-}
-
-/// A node as a handler of the in-memory network ([`crate::peer::memory`]).
-pub struct NodeHandler(pub Arc<Node>);
-
-#[async_trait::async_trait]
-impl Handler for NodeHandler {
-    async fn handle(&self, rpc: Rpc, body: Bytes) -> (u16, Bytes) {
-        serve_rpc(&self.0, rpc, &body).await
-    }
-
-    async fn relay(&self, call: crate::relay::Call) -> (u16, Bytes) {
-        relay_handler(self.0.clone())(call).await
     }
 }
 

@@ -386,12 +386,12 @@ async fn follow_live_nodes(
                 let Ok(node) = id.node_id.parse::<NodeId>() else {
                     continue;
                 };
-                let Some(relay_port) = relay_port(&seal, id, state) else {
-                    continue;
-                };
                 if node == me {
                     continue;
                 }
+                let Some(relay_port) = relay_port(&seal, id, state) else {
+                    continue;
+                };
                 let open = |key| {
                     let sealed = state.get(key)?;
                     seal.open(&id.node_id, key, sealed).map(str::to_owned)

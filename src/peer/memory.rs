@@ -1,5 +1,5 @@
 //! [`Internode`] in one process, for tests: calls go to the [`Handler`] attached under the
-//! peer's id (a node, [`crate::internal::NodeHandler`], or a test's scripted participant),
+//! peer's id (a test's scripted participant, or anything that serves as a node does),
 //! through faults the test sets, and every delivery is recorded.
 
 use std::collections::HashMap;
@@ -128,6 +128,43 @@ impl MemoryNetwork {
     }
 }
 
+/// Why a call never reached a handler.
+enum Undelivered {
+    Down,
+    Silent,
+    NoSuchNode,
+}
+
+impl MemoryNetwork {
+    /// Takes a call to `peer` through its fault (a silent peer costs `timeout`) to its
+    /// handler, recording the delivery with `note`; the handler, and whether its answer
+    /// is to be lost.
+    async fn reach(
+        &self,
+        peer: NodeId,
+        timeout: Duration,
+        note: impl FnOnce(&mut Inner),
+    ) -> Result<(Arc<dyn Handler>, bool), Undelivered> {
+        let fault = self.fault_for(peer);
+        match fault {
+            Some(Fault::Down) => return Err(Undelivered::Down),
+            Some(Fault::Silent) => {
+                tokio::time::sleep(timeout).await;
+                return Err(Undelivered::Silent);
+            }
+            Some(Fault::AnswerLost) | None => {}
+        }
+        let mut inner = self.lock();
+        let handler = inner
+            .handlers
+            .get(&peer)
+            .cloned()
+            .ok_or(Undelivered::NoSuchNode)?;
+        note(&mut inner);
+        Ok((handler, fault == Some(Fault::AnswerLost)))
+    }
+}
+
 #[async_trait]
 impl Internode for MemoryNetwork {
     async fn relay(
@@ -136,31 +173,18 @@ impl Internode for MemoryNetwork {
         call: Call,
         timeout: Duration,
     ) -> Result<Answer, RelayError> {
-        let fault = self.fault_for(peer);
-        match fault {
-            Some(Fault::Down) => return Err(RelayError::NotSent(peer, "down")),
-            Some(Fault::Silent) => {
-                tokio::time::sleep(timeout).await;
-                return Err(RelayError::Lost(peer, "went silent"));
-            }
-            Some(Fault::AnswerLost) | None => {}
-        }
-        let handler = {
-            let mut inner = self.lock();
-            let handler = inner.handlers.get(&peer).cloned();
-            if handler.is_some() {
-                inner.relayed.push((peer, call.path.clone()));
-            }
-            handler
-        };
-        let Some(handler) = handler else {
-            return Err(RelayError::NotSent(peer, "no such node"));
-        };
+        let path = call.path.clone();
+        let reached = self.reach(peer, timeout, |inner| inner.relayed.push((peer, path)));
+        let (handler, answer_lost) = reached.await.map_err(|why| match why {
+            Undelivered::Down => RelayError::NotSent(peer, "down"),
+            Undelivered::Silent => RelayError::Lost(peer, "went silent"),
+            Undelivered::NoSuchNode => RelayError::NotSent(peer, "no such node"),
+        })?;
         let id = call.id;
         let (status, body) = tokio::time::timeout(timeout, handler.relay(call))
             .await
             .map_err(|_| RelayError::NoAnswer(peer, "timed out"))?;
-        if fault == Some(Fault::AnswerLost) {
+        if answer_lost {
             return Err(RelayError::Lost(peer, "answer lost"));
         }
         Ok(Answer { id, status, body })
@@ -181,28 +205,16 @@ impl Internode for MemoryNetwork {
             peer,
             reason: reason.to_owned(),
         };
-        let fault = self.fault_for(peer);
-        match fault {
-            Some(Fault::Down) => return Err(unreachable("down")),
-            Some(Fault::Silent) => {
-                tokio::time::sleep(timeout).await;
-                return Err(unreachable("timed out"));
-            }
-            Some(Fault::AnswerLost) | None => {}
-        }
-        let handler = {
-            let mut inner = self.lock();
-            let handler = inner.handlers.get(&peer).cloned();
-            if handler.is_some() {
-                inner.delivered.push((peer, rpc));
-            }
-            handler
-        };
-        let handler = handler.ok_or_else(|| unreachable("no such node"))?;
+        let reached = self.reach(peer, timeout, |inner| inner.delivered.push((peer, rpc)));
+        let (handler, answer_lost) = reached.await.map_err(|why| match why {
+            Undelivered::Down => unreachable("down"),
+            Undelivered::Silent => unreachable("timed out"),
+            Undelivered::NoSuchNode => unreachable("no such node"),
+        })?;
         let (status, answer) = tokio::time::timeout(timeout, handler.handle(rpc, body))
             .await
             .map_err(|_| unreachable("timed out"))?;
-        if fault == Some(Fault::AnswerLost) {
+        if answer_lost {
             return Err(unreachable("answer lost"));
         }
         super::served(peer, status, answer)
