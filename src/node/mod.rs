@@ -20,6 +20,7 @@ pub mod purge;
 pub mod recent;
 pub mod reshard;
 pub mod routing;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,6 +91,8 @@ pub struct Node {
     /// since it started (see [`Node::await_counter_checked`]).
     counter_checked: AtomicBool,
     started: Instant,
+    /// The live keys of this node's shard held here, recounted at most every few seconds.
+    key_count: stats::CachedCount,
 }
 
 /// A node that cannot write to its disk stops rather than go on with state it cannot keep
@@ -123,6 +126,7 @@ impl Node {
             copying: tokio::sync::Mutex::new(()),
             counter_checked: AtomicBool::new(counter_checked),
             started: Instant::now(),
+            key_count: stats::CachedCount::default(),
             config,
         }
     }
@@ -406,6 +410,7 @@ impl Node {
         if change.moved {
             self.acks.clear();
         }
+        self.key_count.invalidate();
         self.pull_wanted.notify_one();
         true
     }
@@ -426,6 +431,27 @@ impl Node {
     pub fn live_key_count(&self) -> usize {
         let map = self.routing.map();
         self.local.live_key_count(self.owned(&map))
+    }
+
+    /// [`Node::live_key_count`], at most [`stats::KEY_COUNT_MAX_AGE`] old: for status
+    /// pages and metrics, which ask often and need no exact count.
+    pub fn live_key_count_cached(&self) -> u64 {
+        self.key_count
+            .get(stats::KEY_COUNT_MAX_AGE, || self.live_key_count())
+    }
+
+    /// For each peer of this node's shard, how many of the writes this node coordinated it
+    /// has not acknowledged yet.
+    pub fn replication_lag(&self) -> Vec<(NodeId, u64)> {
+        let (era, own_seq) = self.local.own_last_seq();
+        self.routing
+            .shard_peers()
+            .into_iter()
+            .map(|peer| {
+                let lag = stats::lag(era, own_seq, self.acks.get(&peer));
+                (peer, lag)
+            })
+            .collect()
     }
 }
 
