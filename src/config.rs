@@ -108,6 +108,11 @@ pub struct Args {
     #[arg(long, env = "KVS_FAULT_INJECTION", action = clap::ArgAction::SetTrue,
           value_parser = clap::builder::BoolishValueParser::new())]
     pub fault_injection: bool,
+    /// In a Kubernetes StatefulSet: derive VIEW from this pod's name (SOCKET_ADDRESS,
+    /// `<set>-<ordinal>.<service>...:<port>`) and the set's first replica count; a pod of a
+    /// higher ordinal joins later by add-member (see docs/kubernetes.md).
+    #[arg(long, env = "KVS_STATEFULSET_REPLICAS")]
+    pub statefulset_replicas: Option<u32>,
 }
 
 impl Config {
@@ -257,17 +262,31 @@ impl Config {
                 "must be the node's real address, not 0.0.0.0",
             ));
         }
-        let view_text = present(&args.view).ok_or_else(|| {
-            bad(
-                "VIEW",
-                "is required (comma-separated ip:port of the store's nodes)",
-            )
-        })?;
-        let mut view = BTreeSet::new();
-        for part in view_text.split(',').filter(|p| !p.trim().is_empty()) {
-            view.insert(parse_node("VIEW", part)?);
-        }
+        let (mut view, joins_later) = match (present(&args.view), args.statefulset_replicas) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "KVS_STATEFULSET_REPLICAS",
+                    "derives VIEW from the pod names: set one of them, not both",
+                ))
+            }
+            (None, Some(replicas)) => statefulset_view(&socket_address, replicas)?,
+            (Some(view_text), None) => {
+                let mut view = BTreeSet::new();
+                for part in view_text.split(',').filter(|p| !p.trim().is_empty()) {
+                    view.insert(parse_node("VIEW", part)?);
+                }
+                (view, false)
+            }
+            (None, None) => {
+                return Err(bad(
+                    "VIEW",
+                    "is required (comma-separated ip:port of the store's nodes)",
+                ))
+            }
+        };
         let shard_count = match present(&args.shard_count) {
+            // A pod beyond the StatefulSet's first replicas joins the store by add-member.
+            _ if joins_later => None,
             None => None,
             Some(text) => Some(parse_shard_count(text, &view, socket_address)?),
         };
@@ -390,6 +409,41 @@ fn storage_config(args: &Args, me: NodeId) -> Result<StorageConfig, ConfigError>
     })
 }
 
+/// The `VIEW` of a StatefulSet's pod (`KVS_STATEFULSET_REPLICAS`): the names of the first
+/// `replicas` pods, which differ from this pod's own name (`<set>-<ordinal>.<rest>:<port>`)
+/// only in the ordinal. A pod of a higher ordinal (the set was scaled up) is added to them
+/// and joins later, by add-member: it must not form a shard map of its own.
+fn statefulset_view(me: &NodeId, replicas: u32) -> Result<(BTreeSet<NodeId>, bool), ConfigError> {
+    const VARIABLE: &str = "KVS_STATEFULSET_REPLICAS";
+    let NodeId::Name(name, port) = me else {
+        return Err(bad(
+            VARIABLE,
+            "needs SOCKET_ADDRESS to be the pod's DNS name",
+        ));
+    };
+    let (first, rest) = name.split_once('.').unwrap_or((name, ""));
+    let (set, ordinal) = first
+        .rsplit_once('-')
+        .and_then(|(set, n)| Some((set, n.parse::<u32>().ok()?)))
+        .ok_or_else(|| {
+            bad(
+                VARIABLE,
+                format!("SOCKET_ADDRESS {me} is not a StatefulSet pod's name (<set>-<ordinal>...)"),
+            )
+        })?;
+    if replicas == 0 {
+        return Err(bad(VARIABLE, "must be at least 1"));
+    }
+    let dot = if rest.is_empty() { "" } else { "." };
+    let mut view = BTreeSet::new();
+    for i in 0..replicas {
+        let text = format!("{set}-{i}{dot}{rest}:{port}");
+        view.insert(parse_node(VARIABLE, &text)?);
+    }
+    view.insert(*me);
+    Ok((view, ordinal >= replicas))
+}
+
 fn parse_shard_count(text: &str, view: &BTreeSet<NodeId>, me: NodeId) -> Result<u32, ConfigError> {
     let count: u32 = text
         .parse()
@@ -457,6 +511,7 @@ mod tests {
             admin_token: None,
             log_format: LogFormat::Text,
             fault_injection: false,
+            statefulset_replicas: None,
         }
     }
 
@@ -583,5 +638,29 @@ mod tests {
         let c = Config::from_args(&args(Some("10.10.0.8:8080"), Some(VIEW), Some(""))).unwrap();
         assert_eq!(c.shard_count, None);
         assert!(c.view.contains(&"10.10.0.8:8080".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_statefulset_pod_derives_its_view_from_its_name() {
+        let me: NodeId = "kvs-1.kvs.db.svc.cluster.local:8080".parse().unwrap();
+        let (view, later) = statefulset_view(&me, 3).unwrap();
+        let names: Vec<String> = view.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            names,
+            [
+                "kvs-0.kvs.db.svc.cluster.local:8080",
+                "kvs-1.kvs.db.svc.cluster.local:8080",
+                "kvs-2.kvs.db.svc.cluster.local:8080"
+            ]
+        );
+        assert!(!later);
+        let grown: NodeId = "kvs-3.kvs.db.svc.cluster.local:8080".parse().unwrap();
+        let (view, later) = statefulset_view(&grown, 3).unwrap();
+        assert_eq!(view.len(), 4);
+        assert!(later, "a pod beyond the first replicas joins by add-member");
+        let ip: NodeId = "10.0.0.1:8080".parse().unwrap();
+        assert!(statefulset_view(&ip, 3).is_err());
+        let unnumbered: NodeId = "kvs.db:8080".parse().unwrap();
+        assert!(statefulset_view(&unnumbered, 3).is_err());
     }
 }
