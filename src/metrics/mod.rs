@@ -5,10 +5,10 @@
 //!
 //! - *Events*, counted as they happen, in one recorder for the process ([`Registry`]):
 //!   client requests by operation and status, with their latency
-//!   ([`middleware::CountRequests`], wrapped around every route); requests forwarded to
+//!   ([`CountRequests`], wrapped around every route); requests forwarded to
 //!   another node, by reason and outcome ([`forwarded`]); add-member and reshard durations,
 //!   by outcome ([`timed`]).
-//! - *State*, read from the node when a scrape comes ([`scrape`]): keys of its shard, each
+//! - *State*, read from the node when a scrape comes ([`NodeState`]): keys of its shard, each
 //!   peer's replication lag and outbox depth, live nodes. Reading them costs the write path
 //!   nothing, and a peer or shard that is gone leaves the page with the next scrape.
 //!
@@ -362,7 +362,7 @@ pub async fn timed<T, E>(
     result
 }
 
-/// Folds histogram samples in every [`UPKEEP_INTERVAL`], so that a node nobody scrapes
+/// Folds histogram samples in every 5 s (`UPKEEP_INTERVAL`), so that a node nobody scrapes
 /// does not keep every request's sample.
 pub async fn upkeep() {
     let mut every = tokio::time::interval(UPKEEP_INTERVAL);
