@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::budget::Deadline;
 use crate::error::{KvsError, Result};
+use crate::metrics::AdminChange;
 use crate::node::{Node, PendingReshard};
 use crate::peer::messages::KeyCount;
 use crate::peer::{Internode, PeerError};
@@ -107,7 +108,7 @@ pub async fn add_member(node: &Arc<Node>, shard: ShardId, member: NodeId) -> Res
         .collect();
     let epoch = node.routing.map().epoch;
     let count = drive_add_member(node.peers.as_ref(), &everyone, member, next.as_ref(), epoch);
-    let count = count.await?;
+    let count = crate::metrics::timed(AdminChange::AddMember, count).await?;
     log::info!("{member} joined shard {shard} holding {} keys", count.count);
     Ok(())
 }
@@ -174,7 +175,8 @@ pub async fn reshard(node: &Arc<Node>, count: u32) -> Result<()> {
         "resharding into {count} shards over {} nodes",
         participants.len()
     );
-    drive_reshard(node.peers.as_ref(), &participants, &next).await
+    let resharded = drive_reshard(node.peers.as_ref(), &participants, &next);
+    crate::metrics::timed(AdminChange::Reshard, resharded).await
 }
 
 /// The coordinator's three phases of a reshard to `next` over `participants`: prepare

@@ -23,6 +23,8 @@
 //!   batches; replicas apply writes in causal order and pull what they miss ([`replication`]).
 //! - Nodes learn who is up, and each other's shard maps and progress, by gossip
 //!   ([`membership`]), whose values are sealed with the cluster secret. Adding a member and resharding are coordinated by [`admin`].
+//! - What the node does and how it stands (requests, forwarding, replication lag, keys,
+//!   live nodes, administrative changes) is exposed to Prometheus at `/metrics` ([`metrics`]).
 
 pub mod admin;
 pub mod budget;
@@ -38,6 +40,7 @@ pub mod http;
 pub mod identity;
 pub mod internal;
 pub mod membership;
+pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod quorum;
@@ -101,6 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(node::drop_relays_to_lost_peers(node.clone()));
     tokio::spawn(node::purge_tombstones(node.clone()));
     tokio::spawn(status::publish_stats(node.clone()));
+    tokio::spawn(metrics::upkeep());
     let server = http::server(node.clone())?;
     let handle = server.handle();
     tokio::select! {

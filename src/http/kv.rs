@@ -13,6 +13,7 @@ use super::{json_object, read_body, BODY_LIMIT};
 use crate::budget::Deadline;
 use crate::causal::CausalMetadata;
 use crate::error::KvsError;
+use crate::metrics::{Delivery, Forward};
 use crate::node::{Node, Route};
 use crate::peer::MAX_HOPS;
 use crate::quorum::WriteQuorum;
@@ -222,7 +223,7 @@ async fn serve(
             // this reason (or forwarded by another shard's node and then sent on) waits.
             if hops <= 1 {
                 if let Some(issuer) = node.better_placed(&request.deps) {
-                    match relay_once(node, &relayed(Vec::new()), issuer).await {
+                    match relay_once(node, &relayed(Vec::new()), issuer, Forward::Issuer).await {
                         Ok(answer) => return answer,
                         Err(Undelivered::Unknown) if op != Op::Get => {
                             return KvAnswer::error(op, &KvsError::WriteFateUnknown)
@@ -380,7 +381,7 @@ async fn forward(node: &Node, request: Relayed<'_>) -> KvAnswer {
         return unavailable();
     }
     for &member in request.members.iter().take(3) {
-        match relay_once(node, &request, member).await {
+        match relay_once(node, &request, member, Forward::Shard).await {
             Ok(answer) => return answer,
             Err(Undelivered::Unknown) if request.op != Op::Get => {
                 return KvAnswer::error(request.op, &KvsError::WriteFateUnknown)
@@ -391,12 +392,29 @@ async fn forward(node: &Node, request: Relayed<'_>) -> KvAnswer {
     unavailable()
 }
 
+/// Relays the request to `member` (see [`relay_attempts`]), and counts how that went.
+async fn relay_once(
+    node: &Node,
+    request: &Relayed<'_>,
+    member: NodeId,
+    reason: Forward,
+) -> Result<KvAnswer, Undelivered> {
+    let result = relay_attempts(node, request, member).await;
+    let outcome = match result {
+        Ok(_) => Delivery::Answered,
+        Err(Undelivered::NotSent) => Delivery::NotSent,
+        Err(Undelivered::Unknown) => Delivery::Lost,
+    };
+    crate::metrics::forwarded(reason, outcome);
+    result
+}
+
 /// Relays the request to `member`. A read whose connection dies is given up at once (the
 /// caller tries another member). A write whose connection dies is sent again to the same
 /// member, with the same id, on a new connection: the member answers a write it applied
 /// from memory instead of applying it twice ([`crate::relay::remembered`]), so a stuck
 /// connection costs a few seconds, not the write.
-async fn relay_once(
+async fn relay_attempts(
     node: &Node,
     request: &Relayed<'_>,
     member: NodeId,

@@ -1,5 +1,6 @@
 //! The HTTP surface, for clients only: the contract (`kv`, `view`, `shard`), the node's
 //! storage counts, and its liveness and readiness ([`crate::health`]). Nodes talk to each other on the relay channel ([`crate::internal`]).
+//! Every request but `/metrics` is counted and timed for it ([`crate::metrics`]).
 
 pub(crate) mod kv;
 pub(crate) mod list;
@@ -28,6 +29,7 @@ pub fn server(node: Arc<Node>) -> std::io::Result<Server> {
     let data = web::Data::new(node);
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(crate::metrics::CountRequests)
             .app_data(data.clone())
             .wrap(actix_web::middleware::from_fn(operator::hold_while_failed))
             // A static prefix with a default service, not a `{key:.*}` pattern: actix matches
@@ -39,6 +41,7 @@ pub fn server(node: Arc<Node>) -> std::io::Result<Server> {
             .route("/kvs/storage", web::get().to(storage))
             .route(health::LIVE_PATH, web::get().to(live))
             .route(health::READY_PATH, web::get().to(ready))
+            .route(crate::metrics::PATH, web::get().to(crate::metrics::handle))
             .default_service(web::to(|req: HttpRequest| async move {
                 reply::not_found(req.method().as_str())
             }))

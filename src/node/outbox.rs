@@ -99,6 +99,12 @@ impl Outbox {
         (ring.era, ring.next_seq() - 1)
     }
 
+    /// How many writes the ring holds (at most its capacity). A peer that lags by more
+    /// than this has fallen out of it and pulls instead (see `/metrics`' outbox depth).
+    pub fn held(&self) -> usize {
+        self.ring().records.len()
+    }
+
     /// Resolves when a record is pushed (or spuriously; callers re-check). Enable it before
     /// checking for records, so that a push in between is not missed.
     pub fn added(&self) -> tokio::sync::futures::Notified<'_> {
@@ -159,6 +165,7 @@ pub(crate) mod tests {
         let b = o.batch(0, 1, 100).unwrap();
         assert_eq!(b.first_seq, 8);
         assert_eq!(b.records.len(), 3);
+        assert_eq!(o.held(), 3);
     }
 
     #[test]

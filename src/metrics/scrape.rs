@@ -1,0 +1,201 @@
+//! The `/metrics` page: the process's events ([`super::Registry`]) and the node's state,
+//! read when the scrape comes.
+
+use std::sync::Arc;
+
+use ::metrics::{Key, Label, Recorder};
+use actix_web::{web, HttpResponse};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use super::{describe, METADATA};
+use crate::node::Node;
+use crate::shard::ShardId;
+use crate::NodeId;
+
+/// Where the page is served.
+pub const PATH: &str = "/metrics";
+/// The Prometheus text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Live keys of this node's shard held here, labelled with the shard.
+pub const SHARD_KEYS: &str = "kvs_shard_keys";
+/// Per shard peer, writes this node coordinated that the peer has not acknowledged.
+pub const REPLICATION_LAG: &str = "kvs_replication_lag_writes";
+/// Per shard peer, those of them still in the outbox, to be pushed from there.
+pub const OUTBOX_DEPTH: &str = "kvs_replication_outbox_writes";
+/// Nodes gossip sees alive, this one included.
+pub const LIVE_NODES: &str = "kvs_gossip_live_nodes";
+
+/// `GET /metrics`.
+pub async fn handle(node: web::Data<Arc<Node>>) -> HttpResponse {
+    let node = Arc::clone(node.get_ref());
+    // Off the worker: the key count is a scan of the store when its cached value is older
+    // than 5 s (a few hundred milliseconds at 1,000,000 keys), and the worker meanwhile
+    // serves other clients, a busy node's among them.
+    match tokio::task::spawn_blocking(move || page(&node)).await {
+        Ok(page) => HttpResponse::Ok().content_type(CONTENT_TYPE).body(page),
+        Err(e) => {
+            log::error!("rendering /metrics failed: {e}");
+            HttpResponse::InternalServerError().finish()
+        }
+    }
+}
+
+/// The whole page.
+pub fn page(node: &Node) -> String {
+    let mut page = super::registry().render();
+    page.push_str(&NodeState::of(node).render());
+    page
+}
+
+/// One shard peer's replication, as the page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerState {
+    pub peer: NodeId,
+    /// Writes this node coordinated that the peer has not acknowledged.
+    pub lag: u64,
+    /// Those of them in the outbox. Fewer than `lag` when the peer fell out of the
+    /// outbox's window (it was down for long) and pulls what it lacks instead.
+    pub outbox: u64,
+}
+
+/// What a node's state pages show, read at scrape time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeState {
+    /// This node's shard and the live keys of it held here; none outside every shard.
+    pub shard_keys: Option<(ShardId, u64)>,
+    pub peers: Vec<PeerState>,
+    pub live_nodes: usize,
+}
+
+impl NodeState {
+    pub fn of(node: &Node) -> Self {
+        // Every write this node coordinates enters the outbox in sequence order, so the
+        // ring ends at the latest one and a peer's share of it is the newest `lag` writes.
+        let held = node.local.outbox.held() as u64;
+        let peers = node
+            .replication_lag()
+            .into_iter()
+            .map(|(peer, lag)| PeerState {
+                peer,
+                lag,
+                outbox: lag.min(held),
+            })
+            .collect();
+        Self {
+            shard_keys: node
+                .routing
+                .my_shard()
+                .map(|shard| (shard, node.live_key_count_cached())),
+            peers,
+            live_nodes: node.membership.up_nodes().len(),
+        }
+    }
+
+    /// Renders the state through a recorder made for this scrape: a shard or a peer that
+    /// is gone is gone from the page, rather than stay at its last value as it would in a
+    /// recorder that lives on.
+    pub fn render(&self) -> String {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        describe(
+            &recorder,
+            SHARD_KEYS,
+            "Live keys of this node's shard held by this node (counted at most every 5 s).",
+        );
+        describe(
+            &recorder,
+            REPLICATION_LAG,
+            "Writes this node coordinated that a peer of its shard has not acknowledged yet.",
+        );
+        describe(&recorder, OUTBOX_DEPTH, "Writes this node coordinated that a peer of its shard has not acknowledged and that wait in this node's replication outbox to be pushed to it; a peer that lags by more has fallen out of the outbox and pulls what it lacks instead.");
+        describe(&recorder, LIVE_NODES, "Nodes the gossip failure detector sees alive, this one included, less those an administrator removed from the view.");
+        let gauge = |name: &'static str, labels: Vec<Label>, value: f64| {
+            recorder
+                .register_gauge(&Key::from_parts(name, labels), &METADATA)
+                .set(value);
+        };
+        if let Some((shard, keys)) = self.shard_keys {
+            gauge(
+                SHARD_KEYS,
+                vec![Label::new("shard", shard.to_string())],
+                keys as f64,
+            );
+        }
+        for peer in &self.peers {
+            let label = || vec![Label::new("peer", peer.peer.to_string())];
+            gauge(REPLICATION_LAG, label(), peer.lag as f64);
+            gauge(OUTBOX_DEPTH, label(), peer.outbox as f64);
+        }
+        gauge(LIVE_NODES, Vec::new(), self.live_nodes as f64);
+        recorder.handle().render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(i: u8) -> NodeId {
+        NodeId::from(([10, 0, 0, i], 8085))
+    }
+
+    fn lines(page: &str) -> Vec<&str> {
+        let mut lines: Vec<&str> = page.lines().filter(|l| !l.is_empty()).collect();
+        lines.sort_unstable();
+        lines
+    }
+
+    #[test]
+    fn the_state_of_a_node_in_a_shard() {
+        let state = NodeState {
+            shard_keys: Some((1, 1200)),
+            peers: vec![
+                PeerState {
+                    peer: addr(2),
+                    lag: 0,
+                    outbox: 0,
+                },
+                PeerState {
+                    peer: addr(3),
+                    lag: 30_000,
+                    outbox: 20_000,
+                },
+            ],
+            live_nodes: 3,
+        };
+        let page = state.render();
+        let samples: Vec<&str> = lines(&page)
+            .into_iter()
+            .filter(|l| !l.starts_with('#'))
+            .collect();
+        assert_eq!(
+            samples,
+            [
+                "kvs_gossip_live_nodes 3",
+                r#"kvs_replication_lag_writes{peer="10.0.0.2:8085"} 0"#,
+                r#"kvs_replication_lag_writes{peer="10.0.0.3:8085"} 30000"#,
+                r#"kvs_replication_outbox_writes{peer="10.0.0.2:8085"} 0"#,
+                r#"kvs_replication_outbox_writes{peer="10.0.0.3:8085"} 20000"#,
+                r#"kvs_shard_keys{shard="1"} 1200"#,
+            ],
+            "{page}"
+        );
+        for name in [SHARD_KEYS, REPLICATION_LAG, OUTBOX_DEPTH, LIVE_NODES] {
+            assert!(page.contains(&format!("# TYPE {name} gauge\n")), "{page}");
+            assert!(page.contains(&format!("# HELP {name} ")), "{page}");
+        }
+    }
+
+    #[test]
+    fn a_node_outside_every_shard_shows_no_keys_and_no_peers() {
+        let state = NodeState {
+            shard_keys: None,
+            peers: Vec::new(),
+            live_nodes: 1,
+        };
+        let page = state.render();
+        assert!(!page.contains(SHARD_KEYS), "{page}");
+        assert!(!page.contains(REPLICATION_LAG), "{page}");
+        assert!(page.contains("kvs_gossip_live_nodes 1\n"), "{page}");
+    }
+}
