@@ -402,6 +402,13 @@ async fn failover_skips_a_killed_node_and_status_shows_it_down() {
     let c = Cluster::start(3, Some(1), FMT).await;
     let ctl = Kvsctl::new("failover", &c.addrs());
     ctl.run(&["put", "k", "before"]).ok();
+    // Node 0 coordinated the write: the others must hold it before node 0 dies, or the
+    // session's reads would rightly wait for it in vain (503).
+    for i in 1..3 {
+        c.poll_get(i, "k", None, CONVERGE_TIMEOUT, |s, _| s == 200)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
     c.kill(0);
     let first = c.addr(0).to_string();
     assert_eq!(ctl.run(&["get", "k"]).ok(), "before\n");
@@ -531,7 +538,7 @@ fn exit_codes_without_a_store() {
     nowhere.run(&["get", "k"]).fails(3, "no node reachable");
     nowhere
         .run(&["--json", "status"])
-        .fails(3, "Connection refused");
+        .fails(3, "connection refused");
     let usage = ctl.run(&["get"]);
     assert_eq!(usage.code, 2, "{usage:?}");
     assert_eq!(ctl.run(&["reshard", "0"]).code, 2);

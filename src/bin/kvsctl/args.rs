@@ -475,6 +475,9 @@ mod tests {
         assert!(cli.json);
         assert_eq!(cli.timeout_ms, 5);
         assert!(parse(&["--timeout-ms", "0", "get", "k"]).is_err());
+        // Given twice, the later wins (a script's default, then the user's choice).
+        let cli = parse(&["--timeout-ms", "10", "get", "k", "--timeout-ms", "20"]);
+        assert_eq!(cli.expect("parses").timeout_ms, 20);
     }
 
     #[test]

@@ -326,7 +326,15 @@ impl Client {
         while let Some(inner) = cause.source() {
             cause = inner;
         }
-        cause.to_string()
+        match cause
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind)
+        {
+            // The usual ones without "(os error 111)": one is listed for every node.
+            Some(std::io::ErrorKind::ConnectionRefused) => "connection refused".to_owned(),
+            Some(std::io::ErrorKind::ConnectionReset) => "connection reset".to_owned(),
+            _ => cause.to_string(),
+        }
     }
 }
 
