@@ -102,7 +102,8 @@ pub struct Cli {
     )]
     pub token: Option<String>,
 
-    /// Print one JSON document instead of text.
+    /// Print one JSON document (on one line) instead of text. Errors stay one line of text
+    /// on stderr, with nothing on stdout.
     #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
 
