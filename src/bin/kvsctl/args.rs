@@ -61,7 +61,9 @@ Exit codes:
     about = ABOUT,
     long_about = LONG_ABOUT,
     after_long_help = EXAMPLES,
-    propagate_version = true
+    propagate_version = true,
+    // An option given twice takes the later value (a wrapper's default, then the user's).
+    args_override_self = true
 )]
 pub struct Cli {
     /// A node to send requests to, host:port or http://host:port. Repeat it (or give a
@@ -478,6 +480,8 @@ mod tests {
         assert!(parse(&["--timeout-ms", "0", "get", "k"]).is_err());
         // Given twice, the later wins (a script's default, then the user's choice).
         let cli = parse(&["--timeout-ms", "10", "get", "k", "--timeout-ms", "20"]);
+        assert_eq!(cli.expect("parses").timeout_ms, 20);
+        let cli = parse(&["--timeout-ms", "10", "--timeout-ms", "20", "get", "k"]);
         assert_eq!(cli.expect("parses").timeout_ms, 20);
     }
 
