@@ -437,6 +437,9 @@ async fn failover_skips_a_killed_node_and_status_shows_it_down() {
     let read = via_silent.run(&["--timeout-ms", "500", "get", "k"]);
     assert_eq!(read.ok(), "after\n");
 
+    ctl.run(&["fail", &live])
+        .fails(1, "Fault injection is disabled (404 from ");
+
     let nowhere = ctl.at(&[first.clone(), closed_address()]);
     nowhere.run(&["get", "k"]).fails(3, "no node reachable: ");
     nowhere.run(&["put", "k", "v"]).fails(3, &first);
@@ -516,6 +519,13 @@ async fn admin_commands_reshard_and_add_a_member_with_the_token() {
     for i in 0..20 {
         assert_eq!(ctl.run(&["get", &format!("key{i}")]).ok(), "v\n");
     }
+
+    // View changes are admin requests too.
+    let member = c.addr(1).to_string();
+    ctl.run(&["view", "add", &member])
+        .fails(1, "Admin token required");
+    ctl.run(&["--token", ADMIN_TOKEN, "view", "add", &member])
+        .fails(1, "Socket address already exists in the view");
 
     let extra = c.start_extra_node(&c.addrs());
     // The node receiving add-member must see the new node up.
