@@ -272,35 +272,56 @@ fn page_of(answer: &Answer, what: &str) -> Result<(Vec<String>, Option<String>),
     Ok((keys, next))
 }
 
+/// One page of at most `want` keys after `after`, and where the next page starts.
+async fn list_page(
+    ctx: &mut Ctx,
+    prefix: Option<&str>,
+    after: Option<&str>,
+    want: u64,
+) -> Result<(Vec<String>, Option<String>), CliError> {
+    let what = "ls";
+    let body = ctx.with_metadata(json!({}));
+    let call = Call::read(what, listing_path(prefix, after, want)).body(body);
+    let answer = ctx.key_op(call).await?;
+    let (page, next) = page_of(&answer, what)?;
+    // A next that does not move on would page forever.
+    if next.is_some() && next.as_deref() <= after {
+        return Err(answer.unexpected(what, "next key after the last one"));
+    }
+    Ok((page, next))
+}
+
 async fn ls(ctx: &mut Ctx, args: LsArgs) -> Result<Report, CliError> {
-    let what = "ls".to_owned();
     let limit = (!args.all).then_some(args.limit);
     let mut keys: Vec<String> = Vec::new();
     let mut after = args.after;
+    // Pages can be shorter than asked (docs/tools.md): go on until enough or the end.
     loop {
         let want = limit.map_or(MAX_PAGE, |l| (l - keys.len() as u64).min(MAX_PAGE));
-        let path = listing_path(args.prefix.as_deref(), after.as_deref(), want);
-        let body = ctx.with_metadata(json!({}));
-        let answer = ctx.key_op(Call::read(&what, path).body(body)).await?;
-        let (page, next) = page_of(&answer, &what)?;
-        // A next that does not move on would page forever.
-        if next.is_some() && next <= after {
-            return Err(answer.unexpected(&what, "next key after the last one"));
-        }
+        let (page, next) = list_page(ctx, args.prefix.as_deref(), after.as_deref(), want).await?;
         keys.extend(page);
         after = next;
         if after.is_none() || limit.is_some_and(|l| keys.len() as u64 >= l) {
             break;
         }
     }
-    let next = match limit {
+    let next = cut_to_limit(&mut keys, limit, after);
+    Ok(ls_report(keys, next))
+}
+
+/// Keeps at most `limit` keys; returns where a listing would go on (`None`: the end).
+fn cut_to_limit(
+    keys: &mut Vec<String>,
+    limit: Option<u64>,
+    next: Option<String>,
+) -> Option<String> {
+    match limit {
         Some(l) if keys.len() as u64 > l => {
             keys.truncate(l as usize);
             keys.last().cloned()
         }
-        _ => after,
-    };
-    Ok(ls_report(keys, next))
+        _ => next,
+    }
 }
 
 fn ls_report(keys: Vec<String>, next: Option<String>) -> Report {
@@ -573,6 +594,22 @@ mod tests {
         );
         let last = ls_report(vec![], None);
         assert_eq!((last.text.as_str(), last.note), ("", None));
+    }
+
+    #[test]
+    fn a_listing_is_cut_to_its_limit_and_goes_on_after_the_last_key_kept() {
+        let mut keys: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        assert_eq!(
+            cut_to_limit(&mut keys, Some(2), Some("c".into())),
+            Some("b".into())
+        );
+        assert_eq!(keys, ["a", "b"]);
+        assert_eq!(cut_to_limit(&mut keys, Some(2), None), None);
+        assert_eq!(
+            cut_to_limit(&mut keys, None, Some("b".into())),
+            Some("b".into())
+        );
+        assert_eq!(keys, ["a", "b"]);
     }
 
     #[test]
