@@ -1,6 +1,7 @@
 //! The HTTP surface, for clients only: the contract (`kv`, `view`, `shard`), the node's
 //! storage counts, and its liveness and readiness ([`crate::health`]). Nodes talk to each other on the relay channel ([`crate::internal`]).
 
+pub(crate) mod dashboard;
 pub(crate) mod kv;
 pub mod reply;
 pub(crate) mod shard;
@@ -32,6 +33,7 @@ pub fn server(node: Arc<Node>) -> std::io::Result<Server> {
             .service(web::scope("/key-value-store").default_service(web::to(kv::handle)))
             .route("/key-value-store-view", web::route().to(view::handle))
             .configure(shard::routes)
+            .configure(dashboard::routes)
             .route("/kvs/storage", web::get().to(storage))
             .route(health::LIVE_PATH, web::get().to(live))
             .route(health::READY_PATH, web::get().to(ready))
