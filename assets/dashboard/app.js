@@ -273,7 +273,7 @@ function lagText(lag) {
   const entries = Object.entries(lag);
   if (entries.length === 0) return "–";
   const max = Math.max(...entries.map(([, v]) => Number(v) || 0));
-  const span = el("span", { title: entries.map(([p, v]) => `${p}: ${v}`).join("\n") }, max === 0 ? "0 (caught up)" : `${max} writes`);
+  const span = el("span", { title: entries.map(([p, v]) => `${p}: ${v}`).join("\n") }, max === 0 ? "0 (caught up)" : `${max} write${max === 1 ? "" : "s"} behind`);
   span.dataset.lag = String(max);
   return span;
 }
@@ -296,15 +296,19 @@ async function listKeys(more) {
   if (!more) listing = { prefix: $("prefix").value, next: null };
   const params = new URLSearchParams({ prefix: listing.prefix, limit: String(PAGE_SIZE) });
   if (more && listing.next !== null) params.set("after", listing.next);
-  const answer = await attempt($("kv-result"), "GET", `/key-value-store?${params}`, {
+  // Its own line for the listing's errors: a put or delete refreshes the listing, and the
+  // write's answer must stay readable if the listing fails.
+  const status = $("list-status");
+  const answer = await attempt(status, "GET", `/key-value-store?${params}`, {
     metadata: true,
     timeoutMs: KEY_TIMEOUT_MS,
   });
   if (!answer) return;
   if (!answer.ok || !answer.data || !Array.isArray(answer.data.keys)) {
-    showResult($("kv-result"), `Listing failed: ${describe(answer)}`, false);
+    showResult(status, `Listing failed: ${describe(answer)}`, false);
     return;
   }
+  status.className = "meta";
   const items = answer.data.keys.map((k) => el("li", {}, keyButton(k)));
   if (more) $("key-list").append(...items);
   else $("key-list").replaceChildren(...items);

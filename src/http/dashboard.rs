@@ -96,13 +96,14 @@ async fn not_allowed(req: HttpRequest) -> HttpResponse {
 mod tests {
     use super::*;
     use actix_web::http::{Method, StatusCode};
-    use actix_web::{test, App};
+    use actix_web::test as actix_test;
+    use actix_web::App;
 
     async fn call(method: Method, path: &str) -> actix_web::dev::ServiceResponse {
-        let app = test::init_service(App::new().configure(routes)).await;
-        test::call_service(
+        let app = actix_test::init_service(App::new().configure(routes)).await;
+        actix_test::call_service(
             &app,
-            test::TestRequest::default()
+            actix_test::TestRequest::default()
                 .method(method)
                 .uri(path)
                 .to_request(),
@@ -148,7 +149,7 @@ mod tests {
                 "{path}"
             );
             assert!(header_of(&resp, header::CONTENT_SECURITY_POLICY).contains("script-src 'self'"));
-            let body = test::read_body(resp).await;
+            let body = actix_test::read_body(resp).await;
             let text = std::str::from_utf8(&body).unwrap();
             assert!(text.trim_start().starts_with(start), "{path}: {text:.40}");
         }
