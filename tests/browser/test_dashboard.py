@@ -255,10 +255,14 @@ def setUpModule():
     started = time.monotonic()
     STORE = Store(WORKDIR)
     STORE.start()
-    STORE.wait_ready()
-    for key, value in SEED_KEYS.items():
-        status, body = http("PUT", STORE.key_url(0, key), {"value": value})
-        assert status == 201, (status, body)
+    try:
+        STORE.wait_ready()
+        for key, value in SEED_KEYS.items():
+            status, body = http("PUT", STORE.key_url(0, key), {"value": value})
+            assert status == 201, (status, body)
+    except Exception:
+        STORE.print_log_tails()
+        raise
     log(f"store ready with {len(SEED_KEYS)} keys in {time.monotonic() - started:.1f}s")
     BROWSER = start_browser(WORKDIR)
     BROWSER.get(STORE.url(0, "/"))
@@ -324,9 +328,19 @@ class DashboardTest(unittest.TestCase):
     def by_id(self, element_id):
         return self.page.find_element(By.ID, element_id)
 
-    def node_row(self, addr):
-        rows = self.css(f'#shards tr.node[data-node="{addr}"]')
-        return rows[0] if rows else None
+    def nodes_shown(self):
+        """{address: {up, shard, state}} of the shards' node rows, read in one script: the
+        page renders them anew at every poll, which would make an element found in one
+        step stale in the next."""
+        return self.page.execute_script("""
+            const rows = {};
+            for (const tr of document.querySelectorAll("#shards tr.node")) {
+              rows[tr.dataset.node] = {
+                up: tr.dataset.up, shard: tr.dataset.shard,
+                state: tr.querySelector(".state").textContent,
+              };
+            }
+            return rows;""")
 
     def fill(self, element_id, text):
         field = self.by_id(element_id)
@@ -395,18 +409,11 @@ class DashboardTest(unittest.TestCase):
         self.assertEqual(self.page.title, "kvs dashboard")
         self.wait(lambda d: d.find_element(By.ID, "poll-state").get_attribute("data-state")
                   == "live", "live status")
-        self.wait(lambda d: len(self.css('#shards tr.node[data-up="true"]')) == NODES,
-                  f"{NODES} nodes up")
+        everyone_up = {addr: {"up": "true", "shard": "0", "state": "up"} for addr in STORE.addrs}
+        self.wait(lambda d: self.nodes_shown() == everyone_up, f"{NODES} nodes up in shard 0")
         shards = self.css("#shards article.shard")
         self.assertEqual([s.get_attribute("data-shard") for s in shards], ["0"])
-        for addr in STORE.addrs:
-            row = self.node_row(addr)
-            self.assertIsNotNone(row, addr)
-            self.assertEqual(row.get_attribute("data-shard"), "0")
-            self.assertEqual(row.find_element(By.CSS_SELECTOR, ".state").text, "up")
         self.assertEqual(self.by_id("this-node").text, STORE.addrs[0])
-        summary = self.by_id("cluster-summary")
-        self.assertEqual(summary.get_attribute("data-up"), str(NODES))
         # The listing, asked for when the page opened, shows the keys already there.
         self.wait(lambda d: all(self.key_button(k) for k in SEED_KEYS), "the seeded keys")
 
@@ -496,17 +503,16 @@ class DashboardTest(unittest.TestCase):
 
     def test_5_a_killed_node_is_shown_down(self):
         victim = STORE.addrs[NODES - 1]
-        self.wait(lambda d: self.node_row(victim).get_attribute("data-up") == "true", "the node up")
+        self.wait(lambda d: self.nodes_shown()[victim]["up"] == "true", f"{victim} up")
         killed = time.monotonic()
         STORE.kill(NODES - 1)
-        self.wait(lambda d: self.node_row(victim).get_attribute("data-up") == "false",
-                  f"{victim} down")
+        shown = self.wait(lambda d: (lambda rows: rows[victim]["up"] == "false" and rows)(
+            self.nodes_shown()), f"{victim} down")
         log(f"{victim} shown down {time.monotonic() - killed:.1f}s after SIGKILL")
-        row = self.node_row(victim)
-        self.assertEqual(row.find_element(By.CSS_SELECTOR, ".state").text, "down")
-        self.assertIn("1 down", self.by_id("cluster-summary").text)
+        self.assertEqual(shown[victim]["state"], "down")
         for addr in STORE.addrs[:NODES - 1]:
-            self.assertEqual(self.node_row(addr).get_attribute("data-up"), "true", addr)
+            self.assertEqual(shown[addr]["up"], "true", addr)
+        self.assertIn("1 down", self.by_id("cluster-summary").text)
         self.screenshot("dashboard-node-down.png")
 
 
