@@ -102,6 +102,12 @@ pub struct Args {
     /// `ts`, `level`, `target` and `msg`, for log collectors).
     #[arg(long, env = "KVS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Allow `POST /kvs/fault/fail` and `/kvs/fault/recover` (`kvsctl fail`, `kvsctl
+    /// recover`), which make this node behave as if cut off from the network: for tests and
+    /// drills, never for a store in service.
+    #[arg(long, env = "KVS_FAULT_INJECTION", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub fault_injection: bool,
 }
 
 impl Config {
@@ -200,6 +206,7 @@ pub struct Config {
     pub write_quorum: WriteQuorum,
     pub cluster_secret: Option<ClusterSecret>,
     pub admin_token: Option<AdminToken>,
+    pub fault_injection: bool,
 }
 
 /// A configuration error: one line naming the variable at fault.
@@ -288,6 +295,7 @@ impl Config {
         Ok(Self {
             cluster_secret,
             admin_token,
+            fault_injection: args.fault_injection,
             write_quorum,
             storage,
             socket_address,
@@ -441,6 +449,7 @@ mod tests {
             cluster_secret_file: None,
             admin_token: None,
             log_format: LogFormat::Text,
+            fault_injection: false,
         }
     }
 

@@ -38,7 +38,9 @@ impl Readiness {
     pub fn of(node: &Node) -> Self {
         let map = node.routing.map();
         let shard = map.shard_of(&node.me);
-        let waiting_for = if map.shards.is_empty() {
+        let waiting_for = if node.fault.is_failed() {
+            Some("the end of an injected failure (POST /kvs/fault/recover)")
+        } else if map.shards.is_empty() {
             Some("a shard map (from SHARD_COUNT, the other nodes of VIEW, or an administrator)")
         } else if shard.is_some() && !node.local.is_synced() {
             Some("a copy of its shard's data from the shard's other members")

@@ -93,6 +93,7 @@ async fn answer(node: &Arc<Node>, rpc: Rpc, body: &[u8]) -> Result<Vec<u8>, KvsE
             json(&Done::yes())
         }
         Rpc::KeyCount => key_count(node, parse(rpc, body)?),
+        Rpc::ListKeys => json(&node.list_page(&parse(rpc, body)?).await?),
         Rpc::View => {
             let change: ViewChange = parse(rpc, body)?;
             // Each node keeps its own administrative view; "already so" is not an error.

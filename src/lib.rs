@@ -30,6 +30,7 @@ pub mod causal;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod fault;
 #[cfg(test)]
 mod fuzz;
 pub mod health;
@@ -43,6 +44,7 @@ pub mod recovery;
 pub mod relay;
 pub mod replication;
 pub mod shard;
+pub mod status;
 pub mod storage;
 
 use std::sync::Arc;
@@ -71,7 +73,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         (membership::KEY_MAP.to_owned(), serde_json::to_string(&map)?),
         (membership::KEY_RELAY.to_owned(), relay_port.to_string()),
     ];
-    let membership = membership::Membership::start(&config, gossip).await?;
+    let fault = Arc::new(fault::FaultSwitch::new(config.fault_injection));
+    if fault.is_enabled() {
+        log::warn!("KVS_FAULT_INJECTION is set: /kvs/fault/fail can cut this node off");
+        tokio::spawn(fault::expire_failures(fault.clone()));
+    }
+    let membership = membership::Membership::start(&config, gossip, fault.subscribe()).await?;
     log::info!(
         "node {} listening on {} ({:?} format), {} shards known",
         config.socket_address,
@@ -79,7 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.api_format,
         map.shards.len()
     );
-    let node = Arc::new(node::Node::new(config, membership, start));
+    let node = Arc::new(node::Node::new(config, membership, start, fault));
     replication::spawn_background(&node);
     if let config::SyncMode::Periodic(interval) = node.config.storage.sync {
         tokio::spawn(sync_periodically(node.clone(), interval));
@@ -88,10 +95,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(relay::serve(
         relay_listener,
         node.config.relay_key(),
+        node.fault.subscribe(),
         internal::relay_handler(node.clone()),
     ));
     tokio::spawn(node::drop_relays_to_lost_peers(node.clone()));
     tokio::spawn(node::purge_tombstones(node.clone()));
+    tokio::spawn(status::publish_stats(node.clone()));
     let server = http::server(node.clone())?;
     let handle = server.handle();
     tokio::select! {

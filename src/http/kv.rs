@@ -21,6 +21,7 @@ use crate::NodeId;
 
 pub const MAX_KEY_CHARS: usize = 50;
 const PREFIX: &str = "/key-value-store/";
+const LISTING_PATH: &str = "/key-value-store";
 
 /// A validated key-value request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,8 +125,15 @@ pub async fn handle(
     payload: web::Payload,
     node: web::Data<Arc<Node>>,
 ) -> HttpResponse {
-    // Served for the whole `/key-value-store` scope; only `/key-value-store/<key>` exists.
+    // Served for the whole `/key-value-store` scope: `/key-value-store/<key>`, and the
+    // listing at `/key-value-store` itself.
     if !req.uri().path().starts_with(PREFIX) {
+        if req.uri().path() == LISTING_PATH && req.method() == actix_web::http::Method::GET {
+            let Ok(body) = read_body(payload).await else {
+                return reply::too_large("GET", BODY_LIMIT);
+            };
+            return super::list::handle(req.query_string(), &body, node).await;
+        }
         return reply::not_found(req.method().as_str());
     }
     let Some(op) = Op::from_method(req.method().as_str()) else {

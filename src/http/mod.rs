@@ -3,6 +3,8 @@
 
 pub(crate) mod dashboard;
 pub(crate) mod kv;
+pub(crate) mod list;
+pub(crate) mod operator;
 pub mod reply;
 pub(crate) mod shard;
 pub(crate) mod view;
@@ -28,11 +30,13 @@ pub fn server(node: Arc<Node>) -> std::io::Result<Server> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .wrap(actix_web::middleware::from_fn(operator::hold_while_failed))
             // A static prefix with a default service, not a `{key:.*}` pattern: actix matches
             // patterns with a regex, which cost ~4% of a node's CPU on the hottest path.
             .service(web::scope("/key-value-store").default_service(web::to(kv::handle)))
             .route("/key-value-store-view", web::route().to(view::handle))
             .configure(shard::routes)
+            .configure(operator::routes)
             .configure(dashboard::routes)
             .route("/kvs/storage", web::get().to(storage))
             .route(health::LIVE_PATH, web::get().to(live))

@@ -31,6 +31,8 @@ pub const KEY_MAP: &str = "map";
 pub const KEY_APPLIED: &str = "applied";
 /// Gossip key holding the node's relay port (see [`crate::relay`]).
 pub const KEY_RELAY: &str = "relay";
+/// Gossip key holding what the node reports of itself to operators (see [`crate::status`]).
+pub const KEY_STATS: &str = "stats";
 
 /// What one live node advertises.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -237,7 +239,12 @@ pub fn gossip_cluster_id(secret: Option<&[u8]>) -> String {
 
 impl Membership {
     /// Starts gossiping on the bind address (UDP, same port as HTTP), seeded from `VIEW`.
-    pub async fn start(config: &Config, initial: Vec<(String, String)>) -> anyhow::Result<Self> {
+    /// `cut_off` silences gossip while it is true (an injected failure, see [`crate::fault`]).
+    pub async fn start(
+        config: &Config,
+        initial: Vec<(String, String)>,
+        cut_off: watch::Receiver<bool>,
+    ) -> anyhow::Result<Self> {
         let me = config.socket_address;
         let generation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -276,7 +283,11 @@ impl Membership {
                 (key, sealed)
             })
             .collect();
-        let handle = spawn_chitchat(chitchat_config, initial, &UdpTransport).await?;
+        let transport = crate::fault::SwitchedTransport {
+            inner: UdpTransport,
+            failed: cut_off,
+        };
+        let handle = spawn_chitchat(chitchat_config, initial, &transport).await?;
         let (tx, live) = watch::channel(LiveSet::default());
         let watcher = handle.with_chitchat(|c| c.live_nodes_watcher()).await;
         tokio::spawn(follow_live_nodes(watcher, tx, me, generation, seal.clone()));
@@ -351,6 +362,32 @@ impl Membership {
     pub fn remove_from_view(&self, node: NodeId) -> Result<(), KvsError> {
         let mut admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
         admin.remove(&self.live.borrow(), node, Instant::now())
+    }
+
+    /// The value every node known to gossip, up or down, last advertised under `key` (its
+    /// newest incarnation's, and only if its seal holds).
+    pub async fn gossiped(&self, key: &str) -> BTreeMap<NodeId, String> {
+        let seal = self.seal.clone();
+        self.handle
+            .with_chitchat(|c| {
+                let mut newest: BTreeMap<NodeId, (u64, String)> = BTreeMap::new();
+                for (id, state) in c.node_states() {
+                    let Ok(node) = id.node_id.parse::<NodeId>() else {
+                        continue;
+                    };
+                    let Some(value) = state
+                        .get(key)
+                        .and_then(|sealed| seal.open(&id.node_id, key, sealed))
+                    else {
+                        continue;
+                    };
+                    if newest.get(&node).is_none_or(|(g, _)| *g < id.generation_id) {
+                        newest.insert(node, (id.generation_id, value.to_owned()));
+                    }
+                }
+                newest.into_iter().map(|(n, (_, v))| (n, v)).collect()
+            })
+            .await
     }
 
     /// Advertises a key-value pair to every node.

@@ -34,9 +34,12 @@ use crate::budget::Deadline;
 use crate::causal::{CausalMetadata, Readiness};
 use crate::config::Config;
 use crate::error::{KvsError, Result};
+use crate::fault::FaultSwitch;
 use crate::membership::Membership;
 use crate::node::purge::Barrier;
-use crate::peer::messages::{ReplicateAck, ReplicateBatch, SyncRequest, SyncResponse};
+use crate::peer::messages::{
+    ListPage, ListRequest, ReplicateAck, ReplicateBatch, SyncRequest, SyncResponse,
+};
 use crate::peer::{Internode, RelayPeers};
 use crate::quorum::{Acks, WriteQuorum};
 use crate::recovery::Recovered;
@@ -93,6 +96,8 @@ pub struct Node {
     started: Instant,
     /// The live keys of this node's shard held here, recounted at most every few seconds.
     key_count: stats::CachedCount,
+    /// An injected failure ([`crate::fault`]), when `KVS_FAULT_INJECTION` allows one.
+    pub fault: Arc<FaultSwitch>,
 }
 
 /// A node that cannot write to its disk stops rather than go on with state it cannot keep
@@ -106,12 +111,19 @@ pub(crate) fn storage_failed(error: StorageError) -> ! {
 }
 
 impl Node {
-    pub fn new(config: Config, membership: Membership, start: Recovered) -> Self {
+    pub fn new(
+        config: Config,
+        membership: Membership,
+        start: Recovered,
+        fault: Arc<FaultSwitch>,
+    ) -> Self {
         let me = config.socket_address;
         // A node that will copy its shard anyway (new, emptied, or unsynced) learns its
         // counter from the copy; one that issued nothing has nothing to reuse.
         let counter_checked = !start.synced || start.replica.own_seq() == 0;
-        let relay = Arc::new(crate::relay::Client::with_key(config.relay_key()));
+        let relay = Arc::new(
+            crate::relay::Client::with_key(config.relay_key()).cut_off_by(fault.subscribe()),
+        );
         let sync = config.storage.sync;
         Self {
             me,
@@ -127,6 +139,7 @@ impl Node {
             counter_checked: AtomicBool::new(counter_checked),
             started: Instant::now(),
             key_count: stats::CachedCount::default(),
+            fault,
             config,
         }
     }
@@ -333,6 +346,42 @@ impl Node {
             Some(entry) if entry.is_live() => Ok(entry),
             _ => Err(KvsError::KeyNotFound),
         }
+    }
+
+    /// One page of this node's shard's keys for a listing: under the asker's map or a newer
+    /// one, and once every write of the shard the client's token depends on is applied here
+    /// (as a read waits for them).
+    pub async fn list_page(&self, request: &ListRequest) -> Result<ListPage> {
+        let deadline = Deadline::from_budget_ms(request.budget_ms);
+        let deps = match request.deps.as_str() {
+            "" => CausalMetadata::default(),
+            token => CausalMetadata::decode(token).map_err(|_| KvsError::InvalidMetadata)?,
+        };
+        if request.epoch > self.routing.map().epoch {
+            self.routing.await_epoch(request.epoch, deadline).await;
+        }
+        self.await_dependencies(&deps, deadline).await?;
+        self.await_synced(deadline).await?;
+        let map = self.routing.map();
+        if map.shard_of(&self.me).is_none() {
+            return Err(KvsError::NotAMember);
+        }
+        let limit = request.limit.min(crate::peer::messages::MAX_LIST_LIMIT);
+        let page = self
+            .local
+            .store
+            .live_keys_after(
+                &request.prefix,
+                request.after.as_deref(),
+                limit,
+                self.owned(&map),
+            )
+            .unwrap_or_else(|e| storage_failed(e));
+        Ok(ListPage {
+            epoch: map.epoch,
+            keys: page.keys,
+            stop: page.stop,
+        })
     }
 
     /// Applies a client's PUT (`Some(value)`) or DELETE (`None`) coordinated here.

@@ -32,10 +32,12 @@ pub enum Rpc {
     KeyCount,
     /// An administrative view change ([`ViewChange`] -> [`Done`]).
     View,
+    /// One shard's page of a key listing ([`ListRequest`] -> [`ListPage`]).
+    ListKeys,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 11] = [
+    pub const ALL: [Rpc; 12] = [
         Rpc::Replicate,
         Rpc::Sync,
         Rpc::Absorb,
@@ -47,6 +49,7 @@ impl Rpc {
         Rpc::Abort,
         Rpc::KeyCount,
         Rpc::View,
+        Rpc::ListKeys,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +65,7 @@ impl Rpc {
             Rpc::Abort => "reshard/abort",
             Rpc::KeyCount => "key-count",
             Rpc::View => "view",
+            Rpc::ListKeys => "list-keys",
         }
     }
 
@@ -156,6 +160,34 @@ pub struct EpochMessage {
 pub struct KeyCount {
     pub shard: u32,
     pub count: usize,
+}
+
+/// The most keys one page of a listing holds, whatever the client asks for.
+pub const MAX_LIST_LIMIT: usize = 1000;
+
+/// A page of the keys of the receiver's shard, for a listing gathered from every shard
+/// (`GET /key-value-store?prefix&after&limit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRequest {
+    /// The asking node's map epoch: the receiver answers under this map or a newer one.
+    pub epoch: u64,
+    /// The client's causal-metadata token ("" for none): the page includes every write of
+    /// the receiver's shard it depends on.
+    pub deps: String,
+    pub prefix: String,
+    pub after: Option<String>,
+    pub limit: usize,
+    /// How long the asking node waits, in milliseconds.
+    pub budget_ms: u32,
+}
+
+/// One shard's page: its keys in order, and where its scan stopped (`None`: no more keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListPage {
+    /// The map epoch the page was gathered under.
+    pub epoch: u64,
+    pub keys: Vec<String>,
+    pub stop: Option<String>,
 }
 
 /// An administrative view change relayed to the other nodes.

@@ -26,8 +26,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::peer::messages::{
-    Absorb, Done, EpochMessage, KeyCount, MapMessage, ReplicateAck, ReplicateBatch, Rpc,
-    SyncRequest, SyncResponse, ViewChange,
+    Absorb, Done, EpochMessage, KeyCount, ListPage, ListRequest, MapMessage, ReplicateAck,
+    ReplicateBatch, Rpc, SyncRequest, SyncResponse, ViewChange,
 };
 use crate::relay::{Answer, Call, RelayError};
 use crate::shard::{ShardId, ShardMap};
@@ -187,6 +187,16 @@ pub trait Internode: Send + Sync {
     ) -> Result<KeyCount, PeerError> {
         let body = serde_json::json!({ "shard": shard });
         call(self, peer, Rpc::KeyCount, &body, timeout).await
+    }
+
+    /// One page of the keys of `peer`'s shard, for a listing.
+    async fn list_keys(
+        &self,
+        peer: NodeId,
+        request: &ListRequest,
+        timeout: Duration,
+    ) -> Result<ListPage, PeerError> {
+        call(self, peer, Rpc::ListKeys, request, timeout).await
     }
 
     /// An administrative view change.

@@ -120,6 +120,8 @@ pub struct Client {
     key: RelayKey,
     /// Failed handshakes are retried every 250 ms: warned of once in a while.
     refusals: Throttle,
+    /// True while this node is cut off by an injected failure: nothing is sent.
+    cut_off: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Default for Client {
@@ -144,7 +146,15 @@ impl Client {
             connections: Mutex::new(HashMap::new()),
             dialers: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::try_current().ok(),
+            cut_off: tokio::sync::watch::channel(false).1,
         }
+    }
+
+    /// Sends nothing while `cut_off` is true (an injected failure, see `crate::fault`):
+    /// every call fails as if the network were down.
+    pub fn cut_off_by(mut self, cut_off: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.cut_off = cut_off;
+        self
     }
 
     /// A new request id; every attempt of one request carries the same.
@@ -164,6 +174,12 @@ impl Client {
             call.id = self.next_id();
         }
         call.origin = self.origin;
+        if *self.cut_off.borrow() {
+            return Err(RelayError::NotSent(
+                addr,
+                "this node is cut off (injected failure)",
+            ));
+        }
         let deadline = Instant::now() + timeout;
         let connection = self.connection(addr, deadline).await?;
         let _slot = match timeout_at(deadline, connection.slots.acquire()).await {

@@ -61,6 +61,10 @@ fn reserve_for_read(buf: &mut BytesMut) {
 
 #[cfg(test)]
 mod tests {
+    fn never_cut_off() -> tokio::sync::watch::Receiver<bool> {
+        tokio::sync::watch::channel(false).1
+    }
+
     use std::time::Duration;
 
     use bytes::Bytes;
@@ -88,15 +92,20 @@ mod tests {
     async fn echo_server() -> std::net::SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, RelayKey::open(), |call: Call| async move {
-            let wait: u64 = std::str::from_utf8(&call.body)
-                .ok()
-                .and_then(|b| b.parse().ok())
-                .unwrap_or(0);
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            let text = format!("{} {}", call.path, String::from_utf8_lossy(&call.body));
-            (200, Bytes::from(text))
-        }));
+        tokio::spawn(serve(
+            listener,
+            RelayKey::open(),
+            never_cut_off(),
+            |call: Call| async move {
+                let wait: u64 = std::str::from_utf8(&call.body)
+                    .ok()
+                    .and_then(|b| b.parse().ok())
+                    .unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                let text = format!("{} {}", call.path, String::from_utf8_lossy(&call.body));
+                (200, Bytes::from(text))
+            },
+        ));
         addr
     }
 
@@ -246,10 +255,15 @@ mod tests {
         let mine = RelayKey::from_secret(b"this store's secret");
         let called = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
         let counter = called.clone();
-        tokio::spawn(serve(listener, mine, move |_call: Call| {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            async { (200, bytes::Bytes::new()) }
-        }));
+        tokio::spawn(serve(
+            listener,
+            mine,
+            never_cut_off(),
+            move |_call: Call| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async { (200, bytes::Bytes::new()) }
+            },
+        ));
         for key in [
             RelayKey::open(),
             RelayKey::from_secret(b"another store's secret"),
@@ -287,14 +301,19 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let applied = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
         let counter = applied.clone();
-        tokio::spawn(serve(listener, RelayKey::open(), move |_call: Call| {
-            let counter = counter.clone();
-            async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                (200, Bytes::from(format!("applied {n}")))
-            }
-        }));
+        tokio::spawn(serve(
+            listener,
+            RelayKey::open(),
+            never_cut_off(),
+            move |_call: Call| {
+                let counter = counter.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    (200, Bytes::from(format!("applied {n}")))
+                }
+            },
+        ));
         let client = std::sync::Arc::new(Client::new());
         let write = Call {
             id: client.next_id(),

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
 use super::frame::{decode_call, encode_answer, Answer, Call, Incoming, Kind, FORGOTTEN, PONG};
@@ -31,8 +31,13 @@ const MAX_CONNECTIONS: usize = 512;
 
 /// Accepts connections on `listener` for ever, each after its handshake with `key`,
 /// answering every call with `handler`, which returns the status and body to relay back.
-pub async fn serve<H, F>(listener: TcpListener, key: RelayKey, handler: H)
-where
+/// While `cut_off` is true (an injected failure), connections are dropped and refused.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    key: RelayKey,
+    cut_off: watch::Receiver<bool>,
+    handler: H,
+) where
     H: Fn(Call) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = (u16, Bytes)> + Send + 'static,
 {
@@ -50,6 +55,10 @@ where
                 continue;
             }
         };
+        if *cut_off.borrow() {
+            drop(socket);
+            continue;
+        }
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             log::warn!("relay listener: too many connections, refusing one");
             continue;
@@ -57,9 +66,13 @@ where
         let handler = handler.clone();
         let memory = memory.clone();
         let refusals = refusals.clone();
+        let cut_off = cut_off.clone();
         tokio::spawn(async move {
             match handshake::server(&mut socket, &key).await {
-                Ok(()) => serve_connection(socket, handler, memory).await,
+                Ok(()) => tokio::select! {
+                    _ = serve_connection(socket, handler, memory) => {}
+                    _ = until_cut_off(cut_off) => {}
+                },
                 Err(e) => refusals.warn(
                     peer.ip(),
                     format_args!("relay connection from {peer} refused: {e}"),
@@ -67,6 +80,13 @@ where
             }
             drop(permit);
         });
+    }
+}
+
+/// Returns when `cut_off` turns true; never if its switch is gone.
+async fn until_cut_off(mut cut_off: watch::Receiver<bool>) {
+    if cut_off.wait_for(|cut| *cut).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

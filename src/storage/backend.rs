@@ -6,6 +6,7 @@
 //! same data in maps that outlive a `Node`, so unit tests can "restart" a node without disk.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Mutex;
 
 /// A failure of the storage engine. The node answers 503 rather than acknowledge a write
@@ -46,11 +47,11 @@ pub trait Backend: Send + Sync {
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// Calls `visit` with every stored key and version.
     fn scan(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StorageError>;
-    /// Calls `visit` with the stored keys and versions after `after` (from the first when
-    /// `None`), in key order, until `visit` returns false: one page of a full copy.
-    fn scan_after(
+    /// Calls `visit` with the stored keys and versions from `start` on, in key order, until
+    /// `visit` returns false: one page of a full copy or of a listing.
+    fn scan_from(
         &self,
-        after: Option<&str>,
+        start: Bound<&str>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageError>;
     /// Makes everything written so far survive a power cut (not only a crash).
@@ -113,14 +114,13 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    fn scan_after(
+    fn scan_from(
         &self,
-        after: Option<&str>,
+        start: Bound<&str>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageError> {
-        use std::ops::Bound;
         let data = lock(&self.data);
-        let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
+        let start = start.map(str::to_owned);
         for (key, version) in data.range((start, Bound::Unbounded)) {
             if !visit(key.as_bytes(), version) {
                 break;

@@ -122,13 +122,13 @@ impl Backend for Disk {
         Ok(())
     }
 
-    fn scan_after(
+    fn scan_from(
         &self,
-        after: Option<&str>,
+        start: std::ops::Bound<&str>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageError> {
         use std::ops::Bound;
-        let start: Bound<&[u8]> = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.as_bytes()));
+        let start: Bound<&[u8]> = start.map(str::as_bytes);
         for item in self.data.range::<&[u8], _>((start, Bound::Unbounded)) {
             let (key, version) = item
                 .into_inner()

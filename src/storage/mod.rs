@@ -11,6 +11,7 @@ pub mod backend;
 pub mod disk;
 pub mod stamps;
 
+use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -323,7 +324,8 @@ impl Store {
         // time as well as in size.
         let mut scanned = 0usize;
         let scanned_at_most = max_records.saturating_mul(4);
-        let scan = backend.scan_after(after, &mut |key, version| {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let scan = backend.scan_from(start, &mut |key, version| {
             if records.len() >= max_records || scanned >= scanned_at_most {
                 full = true;
                 return false;
@@ -347,6 +349,70 @@ impl Store {
             records,
             next: if full { last } else { None },
         }))
+    }
+
+    /// One page of a listing: up to `limit` live keys that start with `prefix`, come after
+    /// `after`, and that `select` accepts, in key order; and where the scan stopped if it
+    /// may have more (`None` once no such key is left). An engine scans in key order from
+    /// the first candidate, at most [`LIST_SCAN_KEYS_PER_KEY`] keys per key asked for (so
+    /// that a run of tombstones or foreign keys bounds a page's time, not only its size);
+    /// a store in memory only scans and sorts every key, which is what `--in-memory` trades
+    /// for its speed.
+    pub fn live_keys_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        select: impl Fn(&str) -> bool,
+    ) -> Result<KeyPage, StorageError> {
+        let wanted = |key: &str, version: &[u8]| {
+            key.starts_with(prefix)
+                && after.is_none_or(|a| key > a)
+                && packed::is_live(version)
+                && select(key)
+        };
+        let Some(backend) = self.backend() else {
+            let mut keys: Vec<String> = Vec::new();
+            self.scan(&mut |key, version| {
+                if wanted(key, version) {
+                    keys.push(key.to_owned());
+                }
+            })?;
+            keys.sort_unstable();
+            let more = keys.len() > limit;
+            keys.truncate(limit);
+            let stop = if more { keys.last().cloned() } else { None };
+            return Ok(KeyPage { keys, stop });
+        };
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        let scan_at_most = limit.max(1).saturating_mul(LIST_SCAN_KEYS_PER_KEY);
+        let (mut keys, mut scanned, mut last, mut exhausted) = (Vec::new(), 0usize, None, true);
+        backend.scan_from(start, &mut |key, version| {
+            let Ok(key) = std::str::from_utf8(key) else {
+                return true;
+            };
+            if !key.starts_with(prefix) {
+                // Keys are in order: past the prefix's range, nothing more can match.
+                return false;
+            }
+            if keys.len() >= limit || scanned >= scan_at_most {
+                exhausted = false;
+                return false;
+            }
+            scanned += 1;
+            last = Some(key.to_owned());
+            if wanted(key, version) {
+                keys.push(key.to_owned());
+            }
+            true
+        })?;
+        Ok(KeyPage {
+            keys,
+            stop: if exhausted { None } else { last },
+        })
     }
 
     /// Drops every key `keep` refuses (keys that moved to another shard), in batches. A key
@@ -483,6 +549,19 @@ fn purgeable(version: &[u8], era: u64, upto: &VectorClock) -> bool {
 
 /// Keys removed from disk per journal write when a node drops the keys it no longer owns.
 const REMOVE_BATCH_KEYS: usize = 10_000;
+
+/// How many keys a listing's page may scan per key it asks for.
+pub const LIST_SCAN_KEYS_PER_KEY: usize = 8;
+
+/// One page of a listing (see [`Store::live_keys_after`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPage {
+    /// In key order.
+    pub keys: Vec<String>,
+    /// The last key scanned when the scan stopped before the end: every key of this store
+    /// up to it is in `keys` or was not wanted. `None`: nothing wanted is left.
+    pub stop: Option<String>,
+}
 
 /// One page of a full copy: its records, and the key the next page starts after (`None`
 /// on the last).
@@ -822,6 +901,34 @@ mod tests {
             assert_eq!(s.get("j").unwrap(), Some(newest.clone()));
         }
         assert_eq!(backend.get_meta("state").unwrap(), Some(b"s2".to_vec()));
+    }
+
+    /// Both tables list the same pages: live keys of the prefix after the cursor, in order,
+    /// and a stop only while keys may be left.
+    #[test]
+    fn listing_pages_are_the_same_in_memory_and_on_an_engine() {
+        let engine = Store::recover(Arc::new(MemoryBackend::default()), |_| {}).unwrap();
+        let memory = Store::new();
+        for store in [&engine, &memory] {
+            for (n, key) in ["a1", "b1", "b2", "b3", "b4", "c1"].iter().enumerate() {
+                let e = entry(Some("v"), n as u64 + 1, 1, n as u64 + 1);
+                store.write([(*key, &e)], &[]).unwrap();
+            }
+            store.write([("b2", &entry(None, 20, 1, 20))], &[]).unwrap();
+            store
+                .write([("b5", &entry(Some("v"), 21, 1, 21))], &[])
+                .unwrap();
+        }
+        let odd = |key: &str| key != "b5";
+        for store in [&engine, &memory] {
+            let page = store.live_keys_after("b", None, 2, odd).unwrap();
+            assert_eq!(page.keys, ["b1", "b3"]);
+            let after = page.stop.expect("more b keys may follow");
+            let page = store.live_keys_after("b", Some(&after), 2, odd).unwrap();
+            assert_eq!((page.keys, page.stop), (vec!["b4".to_owned()], None));
+            let page = store.live_keys_after("", Some("b4"), 10, odd).unwrap();
+            assert_eq!((page.keys, page.stop), (vec!["c1".to_owned()], None));
+        }
     }
 
     #[test]

@@ -1,0 +1,112 @@
+//! Operator endpoints beside the contract (see `docs/tools.md`): the cluster's status and
+//! fault injection, and the gate that holds client requests while the node is failed.
+
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::{json_object, read_body, refuse_unless_admin, reply};
+use crate::fault::FaultError;
+use crate::node::Node;
+use crate::status::ClusterStatus;
+
+pub const STATUS_PATH: &str = "/kvs/status";
+pub const FAIL_PATH: &str = "/kvs/fault/fail";
+pub const RECOVER_PATH: &str = "/kvs/fault/recover";
+
+/// Paths a failed node still answers: those that observe it or end its failure, and the
+/// dashboard's static page.
+const ANSWERED_WHILE_FAILED: [&str; 5] = [
+    "/kvs/fault/",
+    STATUS_PATH,
+    "/kvs/health/",
+    "/metrics",
+    "/dashboard",
+];
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route(STATUS_PATH, web::get().to(status))
+        .route(FAIL_PATH, web::post().to(fail))
+        .route(RECOVER_PATH, web::post().to(recover));
+}
+
+/// Holds every other request while the node is failed, unanswered, as a node cut off from
+/// the network would leave it; it is served once the failure ends (or the client gives up).
+pub async fn hold_while_failed(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let failed = req
+        .app_data::<web::Data<Arc<Node>>>()
+        .filter(|node| node.fault.is_enabled() && node.fault.is_failed())
+        .cloned();
+    if let Some(node) = failed {
+        let path = req.path();
+        if !ANSWERED_WHILE_FAILED.iter().any(|p| path.starts_with(p)) {
+            node.fault.until_recovered().await;
+        }
+    }
+    next.call(req).await
+}
+
+/// `GET /kvs/status`.
+async fn status(node: web::Data<Arc<Node>>) -> HttpResponse {
+    reply::ok(json!(ClusterStatus::of(&node).await))
+}
+
+/// `POST /kvs/fault/fail`, body `{"seconds": S}` (optional).
+async fn fail(
+    req: actix_web::HttpRequest,
+    payload: web::Payload,
+    node: web::Data<Arc<Node>>,
+) -> HttpResponse {
+    if let Some(refused) = refuse_unless_admin(&req, &node, reply::Op::Put) {
+        return refused;
+    }
+    let Ok(body) = read_body(payload).await else {
+        return fault_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
+    };
+    let fields = match json_object(&body) {
+        Ok(fields) => fields,
+        Err(e) => return fault_error(StatusCode::BAD_REQUEST, &e),
+    };
+    let seconds = match fields.get("seconds") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(s) => Some(s),
+            None => return fault_error(StatusCode::BAD_REQUEST, "seconds must be an integer"),
+        },
+    };
+    match node.fault.fail(seconds) {
+        Ok(length) => reply::ok(json!({"message": "Node failed", "seconds": length.as_secs()})),
+        Err(e) => fault_refused(&e),
+    }
+}
+
+/// `POST /kvs/fault/recover`.
+async fn recover(req: actix_web::HttpRequest, node: web::Data<Arc<Node>>) -> HttpResponse {
+    if let Some(refused) = refuse_unless_admin(&req, &node, reply::Op::Put) {
+        return refused;
+    }
+    match node.fault.recover() {
+        Ok(()) => reply::ok(json!({"message": "Node recovered"})),
+        Err(e) => fault_refused(&e),
+    }
+}
+
+fn fault_refused(error: &FaultError) -> HttpResponse {
+    let status = match error {
+        FaultError::Disabled => StatusCode::NOT_FOUND,
+        FaultError::BadDuration => StatusCode::BAD_REQUEST,
+    };
+    fault_error(status, &error.to_string())
+}
+
+fn fault_error(status: StatusCode, error: &str) -> HttpResponse {
+    reply::json(status, json!({"error": error, "message": "Error in POST"}))
+}
