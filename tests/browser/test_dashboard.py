@@ -329,7 +329,7 @@ class DashboardTest(unittest.TestCase):
         return self.page.find_element(By.ID, element_id)
 
     def nodes_shown(self):
-        """{address: {up, shard, state}} of the shards' node rows, read in one script: the
+        """{address: {up, shard, state, keys}} of the shards' node rows, read in one script: the
         page renders them anew at every poll, which would make an element found in one
         step stale in the next."""
         return self.page.execute_script("""
@@ -338,6 +338,7 @@ class DashboardTest(unittest.TestCase):
               rows[tr.dataset.node] = {
                 up: tr.dataset.up, shard: tr.dataset.shard,
                 state: tr.querySelector(".state").textContent,
+                keys: tr.querySelector(".keys").textContent,
               };
             }
             return rows;""")
@@ -409,8 +410,11 @@ class DashboardTest(unittest.TestCase):
         self.assertEqual(self.page.title, "kvs dashboard")
         self.wait(lambda d: d.find_element(By.ID, "poll-state").get_attribute("data-state")
                   == "live", "live status")
-        everyone_up = {addr: {"up": "true", "shard": "0", "state": "up"} for addr in STORE.addrs}
-        self.wait(lambda d: self.nodes_shown() == everyone_up, f"{NODES} nodes up in shard 0")
+        def everyone_up(driver):
+            rows = self.nodes_shown()
+            return sorted(rows) == sorted(STORE.addrs) and all(
+                (r["up"], r["shard"], r["state"]) == ("true", "0", "up") for r in rows.values())
+        self.wait(everyone_up, f"{NODES} nodes up in shard 0")
         shards = self.css("#shards article.shard")
         self.assertEqual([s.get_attribute("data-shard") for s in shards], ["0"])
         self.assertEqual(self.by_id("this-node").text, STORE.addrs[0])
@@ -435,6 +439,11 @@ class DashboardTest(unittest.TestCase):
         # returns too.
         _, plain = http("GET", STORE.key_url(0, key))
         self.assertEqual(self.session_metadata(), plain["causal-metadata"])
+        # Each node's key count comes by gossip, a few seconds late: the screenshot waits for
+        # it, so that it shows the store as it is.
+        count = str(len(SEED_KEYS) + 1)
+        self.wait(lambda d: all(r["keys"] == count for r in self.nodes_shown().values()),
+                  f"{count} keys on every node")
         self.screenshot("dashboard.png", also=DOCS_SCREENSHOT)
 
     def test_3_a_key_deleted_in_the_page_is_gone_from_the_store(self):
