@@ -70,11 +70,13 @@ function adminToken() {
 // HTTP
 
 /**
- * One request to this node. Resolves to {status, ok, data} where data is the parsed JSON
- * body (or null); rejects only when no answer came (network error, timeout).
+ * One request to this node. Resolves to {status, ok, data, text}, data being the parsed
+ * JSON body (or null); rejects only when no answer came (network error, timeout).
  * - body: an object sent as JSON.
- * - metadata: send the session's causal metadata (in the body; as a header on a GET, since
- *   browsers cannot send a GET with a body).
+ * - metadata: send the session's causal metadata and keep the answer's. It goes in the body,
+ *   as the contract has it, except on a GET: browsers cannot send a GET with a body, so
+ *   there it goes in a `Causal-Metadata` header (which a store that does not read it
+ *   ignores, answering as to a client without metadata).
  * - admin: send the admin token, if one is set.
  */
 async function request(method, path, { body, metadata = false, admin = false, timeoutMs }) {
