@@ -1,8 +1,14 @@
 //! Compact binary forms shared by the causal-metadata token and the packed storage format:
-//! node addresses (`4` or `6`, the IP octets, then the port, big-endian) and LEB128 varints;
+//! node identities (`4` or `6` and the IP octets, or `n`, the name's length and its bytes;
+//! then the port, big-endian) and LEB128 varints;
 //! and the constant-time comparison every secret-derived check uses.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::NodeId;
+
+/// The tag of a name in [`put_addr`]'s form.
+const NAME_TAG: u8 = b'n';
 
 /// Whether `a` and `b` are equal, in a time that depends on their lengths only: a check of
 /// a tag, proof or token must not reveal how much of a guess was right.
@@ -10,7 +16,18 @@ pub fn same_secret_bytes(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub fn put_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
+pub fn put_addr(out: &mut Vec<u8>, node: &NodeId) {
+    let addr = match node {
+        NodeId::Addr(addr) => addr,
+        NodeId::Name(name, port) => {
+            // Names are at most 253 bytes (checked when parsed).
+            out.push(NAME_TAG);
+            out.push(name.len() as u8);
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&port.to_be_bytes());
+            return;
+        }
+    };
     match addr.ip() {
         IpAddr::V4(ip) => {
             out.push(4);
@@ -24,9 +41,16 @@ pub fn put_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
     out.extend_from_slice(&addr.port().to_be_bytes());
 }
 
-/// Reads an address at the start of `bytes`; returns it and the bytes it took.
-pub fn read_addr(bytes: &[u8]) -> Option<(SocketAddr, usize)> {
+/// Reads an identity at the start of `bytes`; returns it and the bytes it took.
+pub fn read_addr(bytes: &[u8]) -> Option<(NodeId, usize)> {
     let (ip, at): (IpAddr, usize) = match bytes.first()? {
+        &NAME_TAG => {
+            let len = usize::from(*bytes.get(1)?);
+            let name = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
+            let port = u16::from_be_bytes(bytes.get(2 + len..4 + len)?.try_into().ok()?);
+            let node: NodeId = format!("{name}:{port}").parse().ok()?;
+            return matches!(node, NodeId::Name(..)).then_some((node, 4 + len));
+        }
         4 => {
             let o: [u8; 4] = bytes.get(1..5)?.try_into().ok()?;
             (Ipv4Addr::from(o).into(), 5)
@@ -38,7 +62,7 @@ pub fn read_addr(bytes: &[u8]) -> Option<(SocketAddr, usize)> {
         _ => return None,
     };
     let port = u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?);
-    Some((SocketAddr::new(ip, port), at + 2))
+    Some((NodeId::Addr(SocketAddr::new(ip, port)), at + 2))
 }
 
 pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -77,8 +101,13 @@ mod tests {
 
     #[test]
     fn addresses_round_trip() {
-        for text in ["10.10.0.2:8080", "[2001:db8::1]:9", "0.0.0.0:0"] {
-            let addr: SocketAddr = text.parse().unwrap();
+        for text in [
+            "10.10.0.2:8080",
+            "[2001:db8::1]:9",
+            "0.0.0.0:0",
+            "kvs-0.kvs:8080",
+        ] {
+            let addr: NodeId = text.parse().unwrap();
             let mut out = vec![];
             put_addr(&mut out, &addr);
             assert_eq!(read_addr(&out), Some((addr, out.len())));

@@ -238,13 +238,20 @@ fn parse_addr(variable: &'static str, text: &str) -> Result<SocketAddr, ConfigEr
     })
 }
 
+/// A node's identity: an ip:port address, or a DNS name with a port (see [`NodeId`]).
+fn parse_node(variable: &'static str, text: &str) -> Result<NodeId, ConfigError> {
+    text.trim()
+        .parse()
+        .map_err(|e: crate::identity::NodeIdError| bad(variable, e.to_string()))
+}
+
 impl Config {
     pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
         let socket_address = match present(&args.socket_address) {
-            Some(text) => parse_addr("SOCKET_ADDRESS", text)?,
+            Some(text) => parse_node("SOCKET_ADDRESS", text)?,
             None => return Err(bad("SOCKET_ADDRESS", "is required (ip:port of this node)")),
         };
-        if socket_address.ip().is_unspecified() {
+        if socket_address.ip().is_some_and(|ip| ip.is_unspecified()) {
             return Err(bad(
                 "SOCKET_ADDRESS",
                 "must be the node's real address, not 0.0.0.0",
@@ -258,7 +265,7 @@ impl Config {
         })?;
         let mut view = BTreeSet::new();
         for part in view_text.split(',').filter(|p| !p.trim().is_empty()) {
-            view.insert(parse_addr("VIEW", part)?);
+            view.insert(parse_node("VIEW", part)?);
         }
         let shard_count = match present(&args.shard_count) {
             None => None,
@@ -372,7 +379,7 @@ fn storage_config(args: &Args, me: NodeId) -> Result<StorageConfig, ConfigError>
         (false, Some(dir)) => Some(std::path::PathBuf::from(dir)),
         (false, None) => Some(
             std::path::Path::new("kvs-data")
-                .join(format!("{}_{}", me.ip(), me.port()).replace([':', '[', ']'], "_")),
+                .join(format!("{}_{}", me.host(), me.port()).replace([':', '[', ']'], "_")),
         ),
     };
     Ok(StorageConfig {

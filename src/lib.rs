@@ -35,6 +35,7 @@ pub mod fault;
 mod fuzz;
 pub mod health;
 pub mod http;
+pub mod identity;
 pub mod internal;
 pub mod membership;
 pub mod node;
@@ -51,8 +52,7 @@ use std::sync::Arc;
 
 pub use config::{Args, Config};
 
-/// Nodes are named by the socket address clients and peers reach them at.
-pub type NodeId = std::net::SocketAddr;
+pub use identity::NodeId;
 
 /// Runs a node until its HTTP server stops or the process is told to stop.
 pub async fn run(config: Config) -> anyhow::Result<()> {

@@ -168,7 +168,7 @@ async fn an_owner_answers_its_own_503_within_the_budget_it_was_given() {
     // A dependency no node will ever have: node 1's write number one million.
     let mut deps = CausalMetadata::decode(b["causal-metadata"].as_str().unwrap()).unwrap();
     deps.clock
-        .set(std::net::SocketAddr::V4(c.addr(1)), 1_000_000);
+        .set(std::net::SocketAddr::V4(c.addr(1)).into(), 1_000_000);
     deps.issuer = None;
     let body = json!({"causal-metadata": deps.encode()}).to_string();
     let call = Call {
@@ -185,7 +185,7 @@ async fn an_owner_answers_its_own_503_within_the_budget_it_was_given() {
     let relay = std::net::SocketAddr::new((*c.addr(0).ip()).into(), relay_port);
     let started = Instant::now();
     let answer = kvs::relay::Client::new()
-        .call(relay, call, CLIENT_TIMEOUT)
+        .call(relay.into(), call, CLIENT_TIMEOUT)
         .await
         .unwrap();
     let took = started.elapsed();

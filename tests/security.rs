@@ -140,9 +140,7 @@ async fn tokens_are_keyed_with_the_cluster_secret() {
     let (s, b) = two.kv_get(1, "k", Some(&token)).await;
     invalid(s, &b);
     // A token minted outside the store, naming the first store's node.
-    let clock: VectorClock = [(std::net::SocketAddr::V4(one.addr(0)), 1)]
-        .into_iter()
-        .collect();
+    let clock: VectorClock = [(kvs::NodeId::from(one.addr(0)), 1)].into_iter().collect();
     let forged = CausalMetadata::new(0, clock).encode();
     let (s, b) = one.kv_put(1, "k", "hijacked", &forged).await;
     invalid(s, &b);
@@ -289,7 +287,7 @@ async fn an_outsider_cannot_act_as_a_node_on_any_port() {
             body: crafted.to_string().into(),
         };
         let err = kvs::relay::Client::with_key(key)
-            .call(relay, call, std::time::Duration::from_secs(5))
+            .call(relay.into(), call, std::time::Duration::from_secs(5))
             .await
             .unwrap_err();
         assert!(matches!(err, kvs::relay::RelayError::NotSent(..)), "{err}");

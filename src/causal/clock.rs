@@ -1,7 +1,6 @@
 //! Vector clocks over node addresses.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
 use crate::NodeId;
 
@@ -55,7 +54,7 @@ impl VectorClock {
             .map(|(node, &v)| (*node, v))
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&SocketAddr, &u64)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &u64)> {
         self.0.iter()
     }
 

@@ -18,8 +18,6 @@
 //! it invalidates every token clients hold and every one stored with a value).
 //! The size is bounded by the number of nodes named, never by keys or writes.
 
-use std::net::SocketAddr;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
@@ -232,7 +230,7 @@ impl<'a> Reader<'a> {
         Ok(value)
     }
 
-    fn addr(&mut self) -> Result<SocketAddr, InvalidMetadata> {
+    fn addr(&mut self) -> Result<NodeId, InvalidMetadata> {
         let (addr, used) = read_addr(self.bytes).ok_or(InvalidMetadata)?;
         self.bytes = &self.bytes[used..];
         Ok(addr)
@@ -249,7 +247,7 @@ impl<'a> Reader<'a> {
             return Err(InvalidMetadata);
         }
         let mut clock = VectorClock::new();
-        let mut previous: Option<SocketAddr> = None;
+        let mut previous: Option<NodeId> = None;
         for _ in 0..count {
             let addr = self.addr()?;
             let counter = self.varint()?;
@@ -406,7 +404,7 @@ mod tests {
 
     #[test]
     fn a_token_that_covers_the_other_is_kept_whole_with_its_issuer() {
-        let writer: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let writer: NodeId = "10.0.0.2:80".parse().unwrap();
         let stored = meta(1, &[("10.0.0.2:80", 3)]).issued_by(writer);
         let older = meta(1, &[("10.0.0.2:80", 2)]).issued_by("10.0.0.9:80".parse().unwrap());
         assert_eq!(older.merged(&stored), stored);
@@ -451,7 +449,7 @@ mod tests {
     proptest! {
         #[test]
         fn any_clock_round_trips(era in 0u64..1_000_000, entries in proptest::collection::btree_map((any::<[u8;4]>(), any::<u16>()), 1u64..u64::MAX, 0..12)) {
-            let clock = entries.into_iter().map(|((ip, port), v)| (SocketAddr::from((ip, port)), v)).collect();
+            let clock = entries.into_iter().map(|((ip, port), v)| (NodeId::from(std::net::SocketAddr::from((ip, port))), v)).collect();
             let m = CausalMetadata::new(era, clock);
             prop_assert_eq!(CausalMetadata::decode(&m.encode()), Ok(m));
         }

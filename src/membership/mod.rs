@@ -54,7 +54,7 @@ impl LiveSet {
 impl PeerState {
     /// Where `node`, advertising this state, listens for the relay channel.
     pub fn relay_address(&self, node: &NodeId) -> Option<NodeId> {
-        Some(NodeId::new(node.ip(), self.relay_port?))
+        Some(node.with_port(self.relay_port?))
     }
 }
 
@@ -163,7 +163,7 @@ impl RelayAddresses {
                 .is_none_or(|(generation, _)| *generation < id.generation_id);
             if newest {
                 out.nodes
-                    .insert(node, (id.generation_id, NodeId::new(node.ip(), port)));
+                    .insert(node, (id.generation_id, node.with_port(port)));
             }
         }
         out
@@ -220,6 +220,28 @@ async fn follow_relay_addresses(
     }
 }
 
+/// How long a node named by DNS waits at start for its own name to resolve: a pod's record
+/// in a headless Service appears moments after the pod gets its IP.
+pub const OWN_NAME_WAIT: Duration = Duration::from_secs(60);
+
+/// The address peers gossip to: this node's own, or what its name resolves to now (a
+/// restarted pod gossips under a new generation with its new address; its name stays).
+async fn advertise_address(me: &NodeId) -> anyhow::Result<std::net::SocketAddr> {
+    let until = tokio::time::Instant::now() + OWN_NAME_WAIT;
+    loop {
+        match me.resolve().await {
+            Ok(addr) => return Ok(addr),
+            Err(e) if tokio::time::Instant::now() >= until => {
+                anyhow::bail!("SOCKET_ADDRESS {me} does not resolve: {e}")
+            }
+            Err(e) => {
+                log::info!("waiting for {me} to resolve: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
 /// The cluster id gossip messages carry: chitchat answers a node of another id `BadCluster`
 /// and never merges its state. Derived from the cluster secret (a key derivation of its
 /// own), so that a node of another store, or one without the secret, cannot join; and so
@@ -250,8 +272,9 @@ impl Membership {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        let advertised = advertise_address(&me).await?;
         let chitchat_config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(me.to_string(), generation, me),
+            chitchat_id: ChitchatId::new(me.to_string(), generation, advertised),
             cluster_id: gossip_cluster_id(config.cluster_secret.as_ref().map(|s| s.as_bytes())),
             gossip_interval: config.gossip_interval,
             listen_addr: config.bind_address,

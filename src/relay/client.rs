@@ -8,8 +8,8 @@
 //! seconds instead of at their deadlines, so that the caller can fail over.
 
 use super::throttle::Throttle;
+use crate::NodeId;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -40,18 +40,18 @@ const REDIAL_AFTER: Duration = Duration::from_millis(250);
 pub enum RelayError {
     /// The call never left this node: another member may safely be tried.
     #[error("relay to {0}: not sent: {1}")]
-    NotSent(SocketAddr, &'static str),
+    NotSent(NodeId, &'static str),
     /// The call was handed to the connection but no answer came back in time: a write may
     /// or may not have been applied.
     #[error("relay to {0}: no answer: {1}")]
-    NoAnswer(SocketAddr, &'static str),
+    NoAnswer(NodeId, &'static str),
     /// The connection died (went silent, or closed) with the call on it. It may have been
     /// applied; sent again to the same peer, with the same id, it is not applied twice.
     #[error("relay to {0}: connection lost: {1}")]
-    Lost(SocketAddr, &'static str),
+    Lost(NodeId, &'static str),
     /// The call was sent again and the peer no longer remembers whether it applied it.
     #[error("relay to {0}: the peer forgot the call")]
-    Forgotten(SocketAddr),
+    Forgotten(NodeId),
 }
 
 /// Calls waiting for their answers on one connection.
@@ -111,15 +111,15 @@ pub struct Client {
     /// This process, in every call: with the id, it names a request across attempts.
     origin: u64,
     next_id: AtomicU64,
-    connections: Mutex<HashMap<SocketAddr, Arc<Connection>>>,
-    dialers: Mutex<HashMap<SocketAddr, Arc<Dialer>>>,
+    connections: Mutex<HashMap<NodeId, Arc<Connection>>>,
+    dialers: Mutex<HashMap<NodeId, Arc<Dialer>>>,
     /// Where connection tasks run: the node's main runtime, not whichever HTTP worker
     /// happened to open the connection.
     runtime: Option<tokio::runtime::Handle>,
     /// Every connection proves it with the peer before its first frame.
     key: RelayKey,
     /// Failed handshakes are retried every 250 ms: warned of once in a while.
-    refusals: Throttle,
+    refusals: Throttle<NodeId>,
     /// True while this node is cut off by an injected failure: nothing is sent.
     cut_off: tokio::sync::watch::Receiver<bool>,
 }
@@ -166,7 +166,7 @@ impl Client {
     /// answer. A call whose id is 0 is given a new one; its origin is always this client.
     pub async fn call(
         &self,
-        addr: SocketAddr,
+        addr: NodeId,
         mut call: Call,
         timeout: Duration,
     ) -> Result<Answer, RelayError> {
@@ -224,23 +224,23 @@ impl Client {
 
     /// Whether an open connection to `addr` exists.
     #[cfg(test)]
-    pub(super) fn is_connected(&self, addr: SocketAddr) -> bool {
+    pub(super) fn is_connected(&self, addr: NodeId) -> bool {
         self.open_connection(addr).is_some()
     }
 
     /// How many calls wait for an answer from `addr`.
     #[cfg(test)]
-    pub(super) fn waiting_calls(&self, addr: SocketAddr) -> usize {
+    pub(super) fn waiting_calls(&self, addr: NodeId) -> usize {
         self.connections()
             .get(&addr)
             .map_or(0, |c| c.pending().waiting.len())
     }
 
-    fn connections(&self) -> MutexGuard<'_, HashMap<SocketAddr, Arc<Connection>>> {
+    fn connections(&self) -> MutexGuard<'_, HashMap<NodeId, Arc<Connection>>> {
         self.connections.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn open_connection(&self, addr: SocketAddr) -> Option<Arc<Connection>> {
+    fn open_connection(&self, addr: NodeId) -> Option<Arc<Connection>> {
         let connections = self.connections();
         let connection = connections.get(&addr)?;
         connection
@@ -252,7 +252,7 @@ impl Client {
     /// The open connection to `addr`, opening one if there is none.
     async fn connection(
         &self,
-        addr: SocketAddr,
+        addr: NodeId,
         deadline: Instant,
     ) -> Result<Arc<Connection>, RelayError> {
         if let Some(connection) = self.open_connection(addr) {
@@ -273,7 +273,7 @@ impl Client {
         if last_failure.is_some_and(|at| at.elapsed() < REDIAL_AFTER) {
             return Err(RelayError::NotSent(addr, "unreachable a moment ago"));
         }
-        let mut socket = match timeout_at(connect_by, TcpStream::connect(addr)).await {
+        let mut socket = match timeout_at(connect_by, addr.connect()).await {
             Ok(Ok(socket)) => socket,
             failed => {
                 *last_failure = Some(Instant::now());
@@ -292,7 +292,7 @@ impl Client {
             Ok(Err(e)) => {
                 *last_failure = Some(Instant::now());
                 self.refusals
-                    .warn(addr.ip(), format_args!("relay to {addr}: {e}"));
+                    .warn(addr, format_args!("relay to {addr}: {e}"));
                 return Err(RelayError::NotSent(addr, "the handshake failed"));
             }
             Err(_) => {
@@ -341,7 +341,7 @@ impl Client {
     /// Closes the connection to `addr`, failing the calls waiting on it at once. For a peer
     /// the failure detector has given up on: its connection may never report an error
     /// (a partitioned host sends no reset), and calls would wait out their timeouts.
-    pub fn disconnect(&self, addr: SocketAddr) {
+    pub fn disconnect(&self, addr: NodeId) {
         let Some(connection) = self.connections().remove(&addr) else {
             return;
         };

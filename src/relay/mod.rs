@@ -89,9 +89,9 @@ mod tests {
 
     /// A listener answering with the path and body it received, after waiting as many
     /// milliseconds as the body says.
-    async fn echo_server() -> std::net::SocketAddr {
+    async fn echo_server() -> crate::NodeId {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let addr = crate::NodeId::from(listener.local_addr().unwrap());
         tokio::spawn(serve(
             listener,
             RelayKey::open(),
@@ -140,7 +140,7 @@ mod tests {
         // Nothing listens there: the call never left, another member may be tried.
         let closed = {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            listener.local_addr().unwrap()
+            crate::NodeId::from(listener.local_addr().unwrap())
         };
         let err = client
             .call(closed, call("/k", ""), Duration::from_secs(1))
@@ -198,9 +198,9 @@ mod tests {
 
     /// A peer that accepts connections, completes the handshake, and then never sends a
     /// byte: a process paused later, or a host that vanished without a reset.
-    async fn silent_peer() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    async fn silent_peer() -> (crate::NodeId, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let addr = crate::NodeId::from(listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((mut socket, _)) = listener.accept().await {
@@ -235,7 +235,7 @@ mod tests {
     #[tokio::test]
     async fn a_peer_silent_from_the_start_fails_the_handshake_not_the_call() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let addr = crate::NodeId::from(listener.local_addr().unwrap());
         let client = Client::new();
         let started = tokio::time::Instant::now();
         let err = client
@@ -251,7 +251,7 @@ mod tests {
     #[tokio::test]
     async fn a_peer_with_another_secret_is_refused_both_ways() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let addr = crate::NodeId::from(listener.local_addr().unwrap());
         let mine = RelayKey::from_secret(b"this store's secret");
         let called = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
         let counter = called.clone();
@@ -298,7 +298,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_sent_again_is_answered_not_applied_twice() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let addr = crate::NodeId::from(listener.local_addr().unwrap());
         let applied = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
         let counter = applied.clone();
         tokio::spawn(serve(

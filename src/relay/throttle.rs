@@ -3,6 +3,7 @@
 //! left out, so that they neither flood the log nor vanish.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -13,17 +14,26 @@ pub const WARN_INTERVAL: Duration = Duration::from_secs(30);
 /// logged at most once per address per interval all the same, give or take a restart).
 const MAX_ADDRESSES: usize = 1024;
 
-#[derive(Default)]
-pub struct Throttle {
+/// Warnings about peers, per `K`: an IP address (connections accepted) or a node identity
+/// (connections opened to a name).
+pub struct Throttle<K = IpAddr> {
     /// Per address: when it was last logged, and how many were left out since.
-    seen: Mutex<HashMap<IpAddr, (Instant, u64)>>,
+    seen: Mutex<HashMap<K, (Instant, u64)>>,
 }
 
-impl Throttle {
+impl<K> Default for Throttle<K> {
+    fn default() -> Self {
+        Self {
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Hash + Eq> Throttle<K> {
     /// Whether to log a warning about `address` at `now`: `Some(left_out)` with the number
     /// of warnings about it left out since the last one logged, or `None` to leave this
     /// one out.
-    pub fn admit(&self, address: IpAddr, now: Instant) -> Option<u64> {
+    pub fn admit(&self, address: K, now: Instant) -> Option<u64> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() >= MAX_ADDRESSES && !seen.contains_key(&address) {
             seen.clear();
@@ -46,7 +56,7 @@ impl Throttle {
     }
 
     /// Logs `message` about `address` as a warning, unless one was logged lately.
-    pub fn warn(&self, address: IpAddr, message: std::fmt::Arguments<'_>) {
+    pub fn warn(&self, address: K, message: std::fmt::Arguments<'_>) {
         match self.admit(address, Instant::now()) {
             Some(0) => log::warn!("{message}"),
             Some(n) => log::warn!("{message} ({n} more like it in the last {WARN_INTERVAL:?})"),
