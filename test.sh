@@ -33,6 +33,12 @@ cargo test --workspace --all-targets
 step "fuzz targets (20,000 inputs each)"
 PROPTEST_CASES=20000 cargo test --lib fuzz
 
+# The dashboard (/dashboard/) in headless Chromium against three local nodes: cluster view,
+# key browser, admin forms, a killed node shown down. Installs Chromium and selenium when
+# missing (and fails if it cannot); about a minute.
+step "dashboard in headless Chromium (tests/browser/run.sh)"
+tests/browser/run.sh
+
 step "load generator smoke run"
 bench/smoke.sh
 

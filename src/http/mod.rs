@@ -2,6 +2,7 @@
 //! storage counts, and its liveness and readiness ([`crate::health`]). Nodes talk to each other on the relay channel ([`crate::internal`]).
 //! Every request but `/metrics` is counted and timed for it ([`crate::metrics`]).
 
+pub(crate) mod dashboard;
 pub(crate) mod kv;
 pub(crate) mod list;
 pub(crate) mod operator;
@@ -38,6 +39,7 @@ pub fn server(node: Arc<Node>) -> std::io::Result<Server> {
             .route("/key-value-store-view", web::route().to(view::handle))
             .configure(shard::routes)
             .configure(operator::routes)
+            .configure(dashboard::routes)
             .route("/kvs/storage", web::get().to(storage))
             .route(health::LIVE_PATH, web::get().to(live))
             .route(health::READY_PATH, web::get().to(ready))
