@@ -8,7 +8,7 @@ usage() {
     cat <<'EOF'
 Usage: ./build.sh [options]
 
-Builds the static release binary (cargo build --release --bin kvs) and the image,
+Builds the static release binaries (cargo build --release --bin kvs --bin kvsctl) and the image,
 creates the Docker network, and starts node1..nodeN (removing the containers of an
 earlier run first). Waits until every node agrees on the shard ids and every view
 lists every node, then prints the nodes.
@@ -157,8 +157,8 @@ url() {
 if (( BUILD )); then
     if (( CARGO )); then
         command -v cargo >/dev/null || die "cargo is not installed (use --no-cargo or --no-build)"
-        log "cargo build --release --bin kvs"
-        (cd "$ROOT" && cargo build --release --bin kvs)
+        log "cargo build --release --bin kvs --bin kvsctl"
+        (cd "$ROOT" && cargo build --release --bin kvs --bin kvsctl)
     fi
     [[ -x "$ROOT/$BINARY" ]] || die "no binary at $BINARY (cargo build --release; is .cargo/config.toml in place?)"
     log "docker build -t $IMAGE ."

@@ -19,6 +19,9 @@ done
 
 step() { printf '\n==== %s ====\n' "$*"; }
 
+step "test dependencies (scripts/test-deps.sh)"
+scripts/test-deps.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -308,3 +308,36 @@ async fn fault_injection_is_off_unless_enabled() {
     let (status, _) = c.kv_put(0, "k", "v", "").await;
     assert_eq!(status, 201);
 }
+
+/// A browser cannot send a GET with a body: a GET (of a key, or a listing) may carry its
+/// metadata in a `Causal-Metadata` header instead, with the same effect.
+#[tokio::test]
+async fn a_get_may_carry_its_metadata_in_a_header() {
+    let c = Cluster::start(3, Some(1), FMT).await;
+    let (status, body) = c.kv_put(0, "h", "header", "").await;
+    assert_eq!(status, 201, "{body}");
+    let cm = body["causal-metadata"].as_str().unwrap().to_owned();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    for path in ["/key-value-store/h", "/key-value-store?prefix=h"] {
+        let answer = client
+            .get(c.url(2, path))
+            .header("Causal-Metadata", &cm)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{path}");
+        let body: Value = answer.json().await.unwrap();
+        assert!(
+            body["value"] == "header" || body["keys"] == json!(["h"]),
+            "{path}: {body}"
+        );
+        assert_eq!(body["causal-metadata"], json!(cm), "{path}");
+    }
+    let forged = client
+        .get(c.url(1, "/key-value-store/h"))
+        .header("Causal-Metadata", "forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+}

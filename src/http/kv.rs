@@ -133,6 +133,7 @@ pub async fn handle(
             let Ok(body) = read_body(payload).await else {
                 return reply::too_large("GET", BODY_LIMIT);
             };
+            let body = metadata_from_header(&req, body);
             return super::list::handle(req.query_string(), &body, node).await;
         }
         return reply::not_found(req.method().as_str());
@@ -142,6 +143,10 @@ pub async fn handle(
     };
     let Ok(body) = read_body(payload).await else {
         return reply::too_large(op.name(), BODY_LIMIT);
+    };
+    let body = match op {
+        Op::Get => metadata_from_header(&req, body),
+        _ => body,
     };
     // Every HTTP request is a client's: nodes forward over the relay channel only, so no
     // header can make a request skip forwarding or shorten its wait.
@@ -155,6 +160,24 @@ pub async fn handle(
         .path_and_query()
         .map_or_else(|| req.uri().path(), |p| p.as_str());
     serve(&node, op, path, body, arrival).await.into_response()
+}
+
+/// The header a GET may carry its causal metadata in instead of a body: browsers cannot
+/// send a GET with a body (the dashboard reads this way; see docs/tools.md).
+pub const METADATA_HEADER: &str = "causal-metadata";
+
+/// A GET's body, or, when it has none, `{"causal-metadata": <the header>}`: from then on,
+/// relayed or not, the request is the contract's.
+fn metadata_from_header(req: &HttpRequest, body: Bytes) -> Bytes {
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        return body;
+    }
+    match req.headers().get(METADATA_HEADER).map(|v| v.to_str()) {
+        Some(Ok(token)) => Bytes::from(serde_json::json!({ "causal-metadata": token }).to_string()),
+        // Not text: the parser answers it as metadata this store did not issue.
+        Some(Err(_)) => Bytes::from_static(br#"{"causal-metadata":"?"}"#),
+        None => body,
+    }
 }
 
 /// A client's request `op` relayed by another node (see [`crate::internal::relay_handler`]),

@@ -99,6 +99,15 @@ pub async fn read_body(mut payload: web::Payload) -> Result<Bytes, ()> {
 /// Refuses an administrative change (view, add-member, reshard) that does not present the
 /// store's admin token, when one is set: 401 with the contract's error body.
 pub fn refuse_unless_admin(req: &HttpRequest, node: &Node, op: reply::Op) -> Option<HttpResponse> {
+    refuse_unless_admin_for(req, node, op.name())
+}
+
+/// [`refuse_unless_admin`] for a request of any method.
+pub fn refuse_unless_admin_for(
+    req: &HttpRequest,
+    node: &Node,
+    method: &str,
+) -> Option<HttpResponse> {
     let token = node.config.admin_token.as_ref()?;
     let presented = req
         .headers()
@@ -107,7 +116,7 @@ pub fn refuse_unless_admin(req: &HttpRequest, node: &Node, op: reply::Op) -> Opt
     if token.admits(presented) {
         return None;
     }
-    let mut refused = reply::error(op, &crate::error::KvsError::AdminTokenRequired);
+    let mut refused = reply::error_for(method, &crate::error::KvsError::AdminTokenRequired);
     refused.headers_mut().insert(
         actix_web::http::header::WWW_AUTHENTICATE,
         actix_web::http::header::HeaderValue::from_static("Bearer"),

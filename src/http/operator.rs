@@ -10,7 +10,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use super::{json_object, read_body, refuse_unless_admin, reply};
+use super::{json_object, read_body, refuse_unless_admin_for, reply};
 use crate::fault::FaultError;
 use crate::node::Node;
 use crate::status::ClusterStatus;
@@ -65,7 +65,7 @@ async fn fail(
     payload: web::Payload,
     node: web::Data<Arc<Node>>,
 ) -> HttpResponse {
-    if let Some(refused) = refuse_unless_admin(&req, &node, reply::Op::Put) {
+    if let Some(refused) = refuse_unless_admin_for(&req, &node, "POST") {
         return refused;
     }
     let Ok(body) = read_body(payload).await else {
@@ -90,7 +90,7 @@ async fn fail(
 
 /// `POST /kvs/fault/recover`.
 async fn recover(req: actix_web::HttpRequest, node: web::Data<Arc<Node>>) -> HttpResponse {
-    if let Some(refused) = refuse_unless_admin(&req, &node, reply::Op::Put) {
+    if let Some(refused) = refuse_unless_admin_for(&req, &node, "POST") {
         return refused;
     }
     match node.fault.recover() {

@@ -44,7 +44,17 @@ pub fn error(op: Op, error: &KvsError) -> HttpResponse {
 
 /// The status and body of [`error`].
 pub fn error_body(op: Op, error: &KvsError) -> (StatusCode, Value) {
-    let message = format!("Error in {}", op.name());
+    error_body_for(op.name(), error)
+}
+
+/// [`error`] for a request of any method (`"POST"`, say).
+pub fn error_for(method: &str, error: &KvsError) -> HttpResponse {
+    let (status, body) = error_body_for(method, error);
+    json(status, body)
+}
+
+fn error_body_for(method: &str, error: &KvsError) -> (StatusCode, Value) {
+    let message = format!("Error in {method}");
     let body = match error {
         KvsError::KeyNotFound => json!({
             "doesExist": false,

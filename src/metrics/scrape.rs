@@ -136,7 +136,7 @@ mod tests {
     use super::*;
 
     fn addr(i: u8) -> NodeId {
-        NodeId::from(([10, 0, 0, i], 8085))
+        NodeId::from(std::net::SocketAddr::from(([10, 0, 0, i], 8085)))
     }
 
     fn lines(page: &str) -> Vec<&str> {

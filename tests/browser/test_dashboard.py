@@ -6,6 +6,7 @@ builds the binary. Environment:
   KVS_BIN            the kvs binary        [target/x86_64-unknown-linux-gnu/debug/kvs]
   KVS_BROWSER_SEED   seed of the addresses, keys and values [random, printed]
   KVS_BROWSER_KEEP   1: keep the temporary directory (node logs, screenshots)
+  KVS_BROWSER_DOCS   1: also save the screenshot as docs/dashboard.png (the README's)
 
 Every wait polls with a timeout; nothing sleeps a fixed time. Whatever happens, the nodes and
 the browser are stopped and the temporary directory is removed (module cleanups, and atexit
@@ -399,8 +400,10 @@ class DashboardTest(unittest.TestCase):
         path = os.path.join(WORKDIR, name)
         with open(path, "wb") as f:
             f.write(base64.b64decode(shot["data"]))
-        if also:
+        if also and os.environ.get("KVS_BROWSER_DOCS") == "1":
             shutil.copyfile(path, also)
+        else:
+            also = None
         log(f"screenshot {path}" + (f" and {also}" if also else ""))
 
     # -- tests -----------------------------------------------------------------------------
