@@ -2,7 +2,7 @@
 #
 # Build the binary first, then the image (the build context is only that binary,
 # see .dockerignore):
-#   cargo build --release          # -> target/x86_64-unknown-linux-gnu/release/kvs
+#   cargo build --release          # -> target/x86_64-unknown-linux-gnu/release/kvs, kvsctl
 #   docker build -t kvs-image .    # or: docker build -t assignment4-img .
 #
 # .cargo/config.toml links glibc statically, so nothing else is needed at run time.
@@ -10,6 +10,8 @@
 # BIND_ADDRESS, KVS_DATA_DIR, KVS_SYNC, RUST_LOG (see README.md and docs/docker.md).
 FROM scratch
 COPY target/x86_64-unknown-linux-gnu/release/kvs /kvs
+# The command-line client, for `docker exec` / `kubectl exec` (add-member, reshard, status).
+COPY target/x86_64-unknown-linux-gnu/release/kvsctl /kvsctl
 # The data directory, writable by the node's user; a volume mounted here starts as a copy
 # of it (same owner). The image has no shell to make it, so it is copied from the context.
 COPY --chown=65534:65534 docker/data /data

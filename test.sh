@@ -42,6 +42,10 @@ PROPTEST_CASES=20000 cargo test --lib fuzz
 step "dashboard in headless Chromium (tests/browser/run.sh)"
 tests/browser/run.sh
 
+# The Kubernetes manifests render (kustomize) and validate offline against the schemas.
+step "Kubernetes manifests (deploy/kubernetes/validate.sh)"
+deploy/kubernetes/validate.sh
+
 step "load generator smoke run"
 bench/smoke.sh
 

@@ -113,7 +113,9 @@ pub fn probe(address: &str, path: &str, timeout: Duration) -> Result<(), ProbeEr
 }
 
 /// The address a probe inside the node's own container or pod should use: the bind
-/// address, with a wildcard IP replaced by loopback, or else `SOCKET_ADDRESS`.
+/// address, with a wildcard IP replaced by loopback; without one, loopback at the port of
+/// `SOCKET_ADDRESS` (the default bind is every interface at that port), so that a probe
+/// never depends on DNS (a pod's name resolves only once the pod is published).
 pub fn local_address(bind: Option<&str>, socket_address: Option<&str>) -> Option<String> {
     if let Some(bind) = bind.and_then(|b| b.parse::<SocketAddr>().ok()) {
         if bind.ip().is_unspecified() {
@@ -121,7 +123,13 @@ pub fn local_address(bind: Option<&str>, socket_address: Option<&str>) -> Option
         }
         return Some(bind.to_string());
     }
-    socket_address.map(str::to_owned)
+    let port = socket_address?
+        .trim()
+        .rsplit_once(':')?
+        .1
+        .parse::<u16>()
+        .ok()?;
+    Some(format!("127.0.0.1:{port}"))
 }
 
 #[cfg(test)]
@@ -182,7 +190,7 @@ mod tests {
         );
         assert_eq!(
             local_address(None, Some("kvs-0.kvs:8080")).as_deref(),
-            Some("kvs-0.kvs:8080")
+            Some("127.0.0.1:8080")
         );
     }
 }

@@ -112,12 +112,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = shutdown_signal() => {
             log::info!("shutting down");
             handle.stop(true).await;
+            hand_over_last_writes(&node).await;
         }
     }
     if let Some(backend) = node.local.store.backend() {
         backend.sync()?;
     }
     Ok(())
+}
+
+/// How long a stopping node waits for its shard peers to hold its last writes.
+const SHUTDOWN_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Pushes this node's last writes to its live shard peers before it stops (bounded by
+/// [`SHUTDOWN_FLUSH`]): they are in its journal either way, but a client whose token
+/// depends on them would otherwise wait, or get a 503, until this node is back. A rolling
+/// restart (Kubernetes, `docker stop`) then never leaves a write readable only here.
+async fn hand_over_last_writes(node: &node::Node) {
+    let peers: Vec<NodeId> = node
+        .routing
+        .shard_peers()
+        .into_iter()
+        .filter(|p| node.membership.is_up(p))
+        .collect();
+    if !replication::push::flush(node, &peers, SHUTDOWN_FLUSH).await {
+        log::warn!("stopping before every shard peer acknowledged this node's last writes");
+    }
 }
 
 /// Keys the causal-metadata tokens with the cluster secret, and says once what is open.
