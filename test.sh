@@ -49,12 +49,13 @@ deploy/kubernetes/validate.sh
 step "load generator smoke run"
 bench/smoke.sh
 
-# Causal sessions against six nodes in network namespaces while a nemesis kills, pauses and
-# partitions them; the history checker fails the build on any anomaly. Needs root.
+# Causal sessions, then linearizable clients, against six nodes in network namespaces while a
+# nemesis kills, pauses and partitions them; the history checkers (causal, and Wing and
+# Gong's linearizability search) fail the build on any anomaly. Needs root.
 step "nemesis: causal sessions under kill, pause and partition (seed ${NEMESIS_SEED:=$(date +%s)})"
 [ "$(id -u)" = 0 ] || { echo "the nemesis test needs root (network namespaces)" >&2; exit 1; }
 NEMESIS_SEED=$NEMESIS_SEED NEMESIS_SECONDS=${NEMESIS_SECONDS:-40} \
-  cargo test --test nemesis -- --ignored --nocapture
+  cargo test --test nemesis -- --ignored --nocapture --test-threads=1
 
 if [ "$e2e" = 1 ]; then
   step "Docker end-to-end suite"

@@ -37,6 +37,8 @@ ROWS = [
     (K3, "PUT, sessions on one node (fresh store)", "kvs3.put.sticky"),
     (K3, "PUT, round robin per request (fresh store)", "kvs3.put.rr"),
     (K3, "90/10, sessions on one node (fresh store)", "kvs3.mix.sticky"),
+    (K3, "GET, linearizable (fresh store)", "kvs3.get.lin"),
+    (K3, "PUT, linearizable (fresh store)", "kvs3.put.lin"),
     (K3, "90/10, round robin per request (fresh store)", "kvs3.mix.rr"),
     ("kvs3, KVS_SYNC=always", "GET", "kvs3always.get"),
     ("kvs3, KVS_SYNC=always", "PUT (synced before the answer)", "kvs3always.put"),
@@ -137,6 +139,10 @@ def main():
     ratio("kvs3 PUT periodic sync / in memory", "kvs3.put", "kvs3memory.put", None)
     ratio("kvs3 PUT sync always / periodic", "kvs3always.put", "kvs3.put", None)
     ratio("kvs3 PUT round robin / sticky", "kvs3.put.rr", "kvs3.put.sticky", 0.6)
+    ratio("kvs3 linearizable GET / etcd linearizable GET", "kvs3.get.lin", "etcd.get.linearizable", 2)
+    ratio("kvs3 linearizable PUT / etcd PUT", "kvs3.put.lin", "etcd.put", 2)
+    ratio("kvs3 linearizable GET / causal GET", "kvs3.get.lin", "kvs3.get", None)
+    ratio("kvs3 linearizable PUT / causal PUT", "kvs3.put.lin", "kvs3.put", None)
     ratio("kvs3 90/10 round robin / sticky", "kvs3.mix.rr", "kvs3.mix.sticky", 0.6)
     for name, label in [
         ("kvs3.get.half", "kvs3 GET"),

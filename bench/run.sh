@@ -233,6 +233,19 @@ if [ $SCALE_ONLY = 0 ]; then
             --read-ratio "$ratio"
         stop_group
     done
+    # Linearizable requests (a majority of the shard per operation), each on a fresh
+    # store too, next to etcd's linearizable range and put below.
+    for row in get.lin:1 put.lin:0; do
+        IFS=: read -r file ratio <<<"$row"
+        begin_group
+        for a in ${V3//,/ }; do start_kvs kvs3-lin 1 "$V3" "$a"; done
+        "$BENCH" wait-ready --targets "$V3" --nodes 3 --timeout 60
+        "$BENCH" load --targets "$V3" --keys "$KEYS" --prefill --requests 0 --quiet
+        run_load "kvs3.$file" --targets "$V3" --keys "$KEYS" --spread worker \
+            --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" \
+            --read-ratio "$ratio" --kvs-linearizable --no-metadata
+        stop_group
+    done
     fi
 
     # ---------------------------------------------------------------- kvs, 3 nodes: the other storage modes

@@ -46,6 +46,11 @@ impl Deadline {
         }
     }
 
+    /// A deadline at `at`.
+    pub fn from_instant(at: Instant) -> Self {
+        Self(at)
+    }
+
     pub fn instant(self) -> Instant {
         self.0
     }

@@ -94,6 +94,8 @@ async fn answer(node: &Arc<Node>, rpc: Rpc, body: &[u8]) -> Result<Vec<u8>, KvsE
         }
         Rpc::KeyCount => key_count(node, parse(rpc, body)?),
         Rpc::ListKeys => json(&node.list_page(&parse(rpc, body)?).await?),
+        Rpc::LinQuery => json(&crate::linear::answer_query(node, &parse(rpc, body)?).await?),
+        Rpc::LinStore => json(&crate::linear::answer_store(node, parse(rpc, body)?).await?),
         Rpc::View => {
             let change: ViewChange = parse(rpc, body)?;
             // Each node keeps its own administrative view; "already so" is not an error.

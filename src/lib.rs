@@ -39,6 +39,7 @@ pub mod health;
 pub mod http;
 pub mod identity;
 pub mod internal;
+pub mod linear;
 pub mod membership;
 pub mod metrics;
 pub mod node;

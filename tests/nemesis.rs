@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::netns::NetCluster;
+use kvs_checker::linear::{check_linearizable, LinKind, LinOp};
 use kvs_checker::{FinalRead, History, Kind, Op, Status};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -512,4 +513,194 @@ async fn causal_sessions_survive_kill_pause_and_partition() {
         );
     }
     assert!(ok > 0, "no operation succeeded");
+}
+
+/// Keys the linearizable clients share: few, so that their operations overlap.
+const LINEAR_KEYS: usize = 3;
+
+/// One client of linearizable requests: each operation on one of [`LINEAR_KEYS`] keys,
+/// through a random node, without metadata (a linearizable operation needs none).
+struct LinearClient {
+    id: u32,
+    rng: StdRng,
+    written: u64,
+}
+
+impl LinearClient {
+    async fn step(
+        &mut self,
+        cluster: &[String],
+        http: &reqwest::Client,
+        t0: Instant,
+        ops: &Mutex<Vec<LinOp>>,
+        attempts: &Mutex<Vec<(u64, bool)>>,
+    ) {
+        let node = &cluster[self.rng.gen_range(0..cluster.len())];
+        let key = format!("lin{}", self.rng.gen_range(0..LINEAR_KEYS));
+        let url = format!("http://{node}/key-value-store/{key}?consistency=linearizable");
+        let choice = self.rng.gen_range(0..10);
+        let value = format!("c{}-{}", self.id, self.written);
+        let (method, body) = match choice {
+            0..=4 => (reqwest::Method::GET, json!({})),
+            5..=8 => {
+                self.written += 1;
+                (reqwest::Method::PUT, json!({ "value": value }))
+            }
+            _ => (reqwest::Method::DELETE, json!({})),
+        };
+        let call_us = micros_since(t0);
+        let answer = send(http, method, &url, body).await;
+        let return_us = micros_since(t0);
+        let got_answer = matches!(answer, Answer::Status(200 | 201 | 404, _));
+        attempts.lock().unwrap().push((call_us, got_answer));
+        let answered = |status: u16| match &answer {
+            Answer::Status(s, _) => *s == status,
+            Answer::Lost => false,
+        };
+        let (kind, return_ns) = match choice {
+            0..=4 => match &answer {
+                Answer::Status(200, body) => (
+                    LinKind::Get(body["value"].as_str().map(str::to_owned)),
+                    Some(return_us * 1000),
+                ),
+                Answer::Status(404, _) => (LinKind::Get(None), Some(return_us * 1000)),
+                // A read without an answer says nothing.
+                _ => return,
+            },
+            5..=8 => {
+                let done = answered(200) || answered(201);
+                (LinKind::Put(value), done.then_some(return_us * 1000))
+            }
+            _ => {
+                let found = if answered(200) {
+                    Some(true)
+                } else if answered(404) {
+                    Some(false)
+                } else {
+                    None
+                };
+                (LinKind::Delete { found }, found.map(|_| return_us * 1000))
+            }
+        };
+        ops.lock().unwrap().push(LinOp {
+            key,
+            call_ns: call_us * 1000,
+            return_ns,
+            kind,
+        });
+    }
+}
+
+/// Linearizable registers under the same nemesis: concurrent clients read, write and delete
+/// a few keys with `?consistency=linearizable` through random nodes, and the history must be
+/// linearizable (kvs_checker::linear, Wing and Gong's search).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root for network namespaces; ./test.sh runs it"]
+async fn linearizable_registers_survive_kill_pause_and_partition() {
+    let settings = Settings::from_env();
+    println!(
+        "linearizable nemesis seed {} ({} s, {} clients, faults {:?}); replay with NEMESIS_SEED={}",
+        settings.seed, settings.seconds, settings.sessions, settings.faults, settings.seed
+    );
+    let log_dir = std::env::temp_dir()
+        .join("kvs-tests")
+        .join("nemesis-linear")
+        .join(format!("{}-{}", std::process::id(), settings.seed));
+    let _ = std::fs::remove_dir_all(&log_dir);
+    let cluster = Arc::new(NetCluster::start(NODES, SHARDS, log_dir.clone()));
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .expect("HTTP client");
+    wait_ready(&addrs, &http).await;
+
+    let t0 = Instant::now();
+    let until = t0 + Duration::from_secs(settings.seconds);
+    let ops = Arc::new(Mutex::new(Vec::new()));
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for id in 0..settings.sessions {
+        let mut client = LinearClient {
+            id,
+            rng: StdRng::seed_from_u64(settings.seed.wrapping_add(u64::from(id) * 104_729)),
+            written: 0,
+        };
+        let (addrs, http) = (addrs.clone(), http.clone());
+        let (ops, attempts) = (ops.clone(), attempts.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < until {
+                client.step(&addrs, &http, t0, &ops, &attempts).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+    let windows = nemesis(
+        cluster.clone(),
+        settings.faults.clone(),
+        settings.seed,
+        t0,
+        until,
+    )
+    .await;
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    let elapsed = t0.elapsed();
+    cluster.heal();
+    for i in 0..NODES {
+        cluster.resume(i);
+    }
+    let history = std::mem::take(&mut *ops.lock().unwrap());
+    let answered = history.iter().filter(|op| op.return_ns.is_some()).count();
+    let in_fault = |call_us: u64| {
+        windows
+            .iter()
+            .any(|w| call_us >= w.start_us && call_us <= w.end_us)
+    };
+    let (during, during_unanswered) = attempts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(call_us, _)| in_fault(*call_us))
+        .fold((0usize, 0usize), |(n, u), (_, ok)| {
+            (n + 1, u + usize::from(!ok))
+        });
+    let started = Instant::now();
+    let report = check_linearizable(&history);
+    println!(
+        "linearizable nemesis seed {}: {} operations in {:.1} s ({:.0}/s answered), {} faults; \
+         503 or no answer: {} of {} requests during faults; \
+         checked in {:.1?} ({} steps)",
+        settings.seed,
+        history.len(),
+        elapsed.as_secs_f64(),
+        answered as f64 / elapsed.as_secs_f64(),
+        windows.len(),
+        during_unanswered,
+        during,
+        started.elapsed(),
+        report.steps
+    );
+    for (key, verdict) in &report.keys {
+        println!("  {key}: {verdict:?}");
+    }
+    if !report.is_linearizable() {
+        for w in &windows {
+            println!(
+                "fault at {:.1}-{:.1} s: {}",
+                w.start_us as f64 / 1e6,
+                w.end_us as f64 / 1e6,
+                w.what
+            );
+        }
+        println!("{}", cluster.log_tails(30));
+        panic!(
+            "linearizable nemesis seed {}: not linearizable (replay with NEMESIS_SEED={})",
+            settings.seed, settings.seed
+        );
+    }
+    assert!(answered > 0, "no operation was answered");
 }

@@ -127,6 +127,9 @@ pub struct LoadArgs {
     /// kvs: do not carry causal metadata (every request independent).
     #[arg(long)]
     pub no_metadata: bool,
+    /// kvs: linearizable requests (`?consistency=linearizable`, a majority of the shard).
+    #[arg(long)]
+    pub kvs_linearizable: bool,
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -211,6 +214,8 @@ struct Ctx {
     value_size: usize,
     read_ratio: f64,
     carry: bool,
+    /// Appended to every kvs key URL (`?consistency=linearizable`, or nothing).
+    kv_suffix: &'static str,
     etcd_serializable: bool,
     spread: Spread,
     next_target: AtomicUsize,
@@ -295,7 +300,7 @@ impl Ctx {
         value: &str,
         token: &mut String,
     ) -> Outcome {
-        let url = format!("{}{key}", t.kv);
+        let url = format!("{}{key}{}", t.kv, self.kv_suffix);
         let req = match op {
             OpKind::Get => {
                 let r = client.get(url);
@@ -660,6 +665,11 @@ async fn run(args: LoadArgs) -> Result<Value> {
         value_size: args.value_size,
         read_ratio: args.read_ratio,
         carry: !args.no_metadata,
+        kv_suffix: if args.kvs_linearizable {
+            "?consistency=linearizable"
+        } else {
+            ""
+        },
         etcd_serializable: args.etcd_serializable,
         spread: args.spread,
         next_target: AtomicUsize::new(0),
@@ -812,6 +822,7 @@ async fn run(args: LoadArgs) -> Result<Value> {
         "dist": format!("{:?}", args.dist).to_lowercase(),
         "spread": format!("{:?}", args.spread).to_lowercase(),
         "carry_metadata": !args.no_metadata,
+        "kvs_linearizable": args.kvs_linearizable,
         "etcd_serializable": args.etcd_serializable,
         "duration_s": elapsed,
         "ok": stats.ok,

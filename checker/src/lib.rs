@@ -48,6 +48,7 @@ mod check;
 mod hb;
 mod history;
 mod index;
+pub mod linear;
 mod report;
 
 #[cfg(test)]

@@ -240,11 +240,13 @@ async fn serve(
                 Ok(request) => request,
                 Err(e) => return KvAnswer::error(op, &e),
             };
+            let linearizable = crate::linear::requested(path_and_query);
             // A replica that lacks the client's dependencies sends the request to the node
             // that issued the client's token (it has them all) rather than wait for them to
             // be replicated here. Once per request: a request that was already sent on for
             // this reason (or forwarded by another shard's node and then sent on) waits.
-            if hops <= 1 {
+            // (A linearizable request asks a majority anyway.)
+            if hops <= 1 && !linearizable {
                 if let Some(issuer) = node.better_placed(&request.deps) {
                     match relay_once(node, &relayed(Vec::new()), issuer, Forward::Issuer).await {
                         Ok(answer) => return answer,
@@ -256,7 +258,12 @@ async fn serve(
                     }
                 }
             }
-            match execute(node, &request, deadline).await {
+            let executed = if linearizable {
+                execute_linearizable(node, &request, deadline).await
+            } else {
+                execute(node, &request, deadline).await
+            };
+            match executed {
                 // The map changed while the request waited: route it again.
                 Err(KvsError::NotOwner(_)) => match node.route(&request.key) {
                     Ok(Route::Remote(_, members)) => forward(node, relayed(members)).await,
@@ -312,14 +319,7 @@ async fn execute(
     match request.op {
         Op::Get => {
             let entry = node.read(&request.key, &request.deps, deadline).await?;
-            let metadata = read_metadata(&request.deps, entry.metadata, node.me);
-            let body = Retrieved {
-                message: "Retrieved successfully",
-                version: &metadata,
-                causal_metadata: &metadata,
-                value: entry.value.as_deref().unwrap_or_default(),
-            };
-            Ok(json_reply(StatusCode::OK, &body))
+            Ok(retrieved(node, request, entry))
         }
         Op::Put | Op::Delete => {
             let needed = node.quorum_needed(request.quorum)?;
@@ -329,20 +329,56 @@ async fn execute(
             if needed > 1 {
                 node.await_quorum(outcome.dot, needed, deadline).await?;
             }
-            let (status, message) = match (request.op, outcome.created) {
-                (Op::Put, true) => (StatusCode::CREATED, "Added successfully"),
-                (Op::Put, false) => (StatusCode::OK, "Updated successfully"),
-                _ => (StatusCode::OK, "Deleted successfully"),
-            };
-            let body = Written {
-                message,
-                version: &outcome.metadata,
-                causal_metadata: &outcome.metadata,
-                shard_id: outcome.shard.to_string(),
-            };
-            Ok(json_reply(status, &body))
+            Ok(written(request.op, &outcome))
         }
     }
+}
+
+/// A request with `?consistency=linearizable` (see [`crate::linear`]); the answers are the
+/// contract's, as for a causal request.
+async fn execute_linearizable(
+    node: &Node,
+    request: &KvRequest,
+    deadline: Deadline,
+) -> Result<KvAnswer, KvsError> {
+    let key = &request.key;
+    match request.op {
+        Op::Get => match crate::linear::read(node, key, &request.deps, deadline).await? {
+            Some(entry) if entry.is_live() => Ok(retrieved(node, request, entry)),
+            _ => Err(KvsError::KeyNotFound),
+        },
+        Op::Put | Op::Delete => {
+            let value = request.value.clone();
+            let outcome = crate::linear::write(node, key, value, &request.deps, deadline).await?;
+            Ok(written(request.op, &outcome))
+        }
+    }
+}
+
+fn retrieved(node: &Node, request: &KvRequest, entry: crate::storage::Entry) -> KvAnswer {
+    let metadata = read_metadata(&request.deps, entry.metadata, node.me);
+    let body = Retrieved {
+        message: "Retrieved successfully",
+        version: &metadata,
+        causal_metadata: &metadata,
+        value: entry.value.as_deref().unwrap_or_default(),
+    };
+    json_reply(StatusCode::OK, &body)
+}
+
+fn written(op: Op, outcome: &crate::node::WriteOutcome) -> KvAnswer {
+    let (status, message) = match (op, outcome.created) {
+        (Op::Put, true) => (StatusCode::CREATED, "Added successfully"),
+        (Op::Put, false) => (StatusCode::OK, "Updated successfully"),
+        _ => (StatusCode::OK, "Deleted successfully"),
+    };
+    let body = Written {
+        message,
+        version: &outcome.metadata,
+        causal_metadata: &outcome.metadata,
+        shard_id: outcome.shard.to_string(),
+    };
+    json_reply(status, &body)
 }
 
 /// The metadata a read answers: the client's dependencies merged with the value's, so that

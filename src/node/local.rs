@@ -392,6 +392,11 @@ impl LocalReplica {
     }
 
     /// Takes in records handed over outside the causal streams (reshard, hand-off).
+    /// Moves the Lamport time to at least `lamport` (a version this node saw elsewhere).
+    pub fn observe_lamport(&self, lamport: u64) {
+        lock(&self.replica).absorb(&crate::causal::VectorClock::new(), lamport);
+    }
+
     pub fn absorb_records(&self, records: Vec<Record>) {
         // Under the replica lock: the store's writers take turns (see `Store::write`).
         let replica = lock(&self.replica);

@@ -308,7 +308,7 @@ impl Node {
     }
 
     /// Waits (bounded) until a restarted or newly added node holds its shard's data.
-    async fn await_synced(&self, deadline: Deadline) -> Result<()> {
+    pub(crate) async fn await_synced(&self, deadline: Deadline) -> Result<()> {
         if self.local.is_synced() {
             return Ok(());
         }
@@ -382,6 +382,23 @@ impl Node {
             keys: page.keys,
             stop: page.stop,
         })
+    }
+
+    /// This node's version of `key`, a tombstone included (`None`: it has none).
+    pub fn local_version(&self, key: &str) -> Option<Entry> {
+        self.local
+            .store
+            .get(key)
+            .unwrap_or_else(|e| storage_failed(e))
+    }
+
+    /// Holds `record` if it is newer than this node's version (a linearizable operation's
+    /// write-back, outside the causal streams: the same write arrives by them later, and is
+    /// then a no-op), and moves this node's Lamport time past it, so that a write here
+    /// afterwards is stamped after it.
+    pub fn take_version(&self, record: Record) {
+        self.local.observe_lamport(record.entry.stamp.lamport);
+        self.local.absorb_records(vec![record]);
     }
 
     /// Applies a client's PUT (`Some(value)`) or DELETE (`None`) coordinated here.

@@ -34,10 +34,14 @@ pub enum Rpc {
     View,
     /// One shard's page of a key listing ([`ListRequest`] -> [`ListPage`]).
     ListKeys,
+    /// A linearizable operation's query of a member's version ([`LinQuery`] -> [`LinVersion`]).
+    LinQuery,
+    /// A linearizable operation's store of a version ([`LinStore`] -> [`LinVersion`]).
+    LinStore,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 12] = [
+    pub const ALL: [Rpc; 14] = [
         Rpc::Replicate,
         Rpc::Sync,
         Rpc::Absorb,
@@ -50,6 +54,8 @@ impl Rpc {
         Rpc::KeyCount,
         Rpc::View,
         Rpc::ListKeys,
+        Rpc::LinQuery,
+        Rpc::LinStore,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +72,8 @@ impl Rpc {
             Rpc::KeyCount => "key-count",
             Rpc::View => "view",
             Rpc::ListKeys => "list-keys",
+            Rpc::LinQuery => "lin-query",
+            Rpc::LinStore => "lin-store",
         }
     }
 
@@ -188,6 +196,31 @@ pub struct ListPage {
     pub epoch: u64,
     pub keys: Vec<String>,
     pub stop: Option<String>,
+}
+
+/// A linearizable operation asks a member of the key's shard for its version of the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinQuery {
+    /// The coordinator's map epoch: the member answers under it or says its own.
+    pub epoch: u64,
+    pub key: String,
+    pub budget_ms: u32,
+}
+
+/// A linearizable operation asks a member to hold a version (a newer one stays).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinStore {
+    pub epoch: u64,
+    pub record: Record,
+    pub budget_ms: u32,
+}
+
+/// A member's answer: the epoch it answered under (another than asked: not counted), and
+/// its version of the key for a query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinVersion {
+    pub epoch: u64,
+    pub entry: Option<crate::storage::Entry>,
 }
 
 /// An administrative view change relayed to the other nodes.

@@ -26,8 +26,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::peer::messages::{
-    Absorb, Done, EpochMessage, KeyCount, ListPage, ListRequest, MapMessage, ReplicateAck,
-    ReplicateBatch, Rpc, SyncRequest, SyncResponse, ViewChange,
+    Absorb, Done, EpochMessage, KeyCount, LinQuery, LinStore, LinVersion, ListPage, ListRequest,
+    MapMessage, ReplicateAck, ReplicateBatch, Rpc, SyncRequest, SyncResponse, ViewChange,
 };
 use crate::relay::{Answer, Call, RelayError};
 use crate::shard::{ShardId, ShardMap};
@@ -197,6 +197,26 @@ pub trait Internode: Send + Sync {
         timeout: Duration,
     ) -> Result<ListPage, PeerError> {
         call(self, peer, Rpc::ListKeys, request, timeout).await
+    }
+
+    /// A linearizable operation's query of `peer`'s version of a key.
+    async fn lin_query(
+        &self,
+        peer: NodeId,
+        query: &LinQuery,
+        timeout: Duration,
+    ) -> Result<LinVersion, PeerError> {
+        call(self, peer, Rpc::LinQuery, query, timeout).await
+    }
+
+    /// A linearizable operation's store of a version on `peer`.
+    async fn lin_store(
+        &self,
+        peer: NodeId,
+        store: &LinStore,
+        timeout: Duration,
+    ) -> Result<LinVersion, PeerError> {
+        call(self, peer, Rpc::LinStore, store, timeout).await
     }
 
     /// An administrative view change.

@@ -108,6 +108,11 @@ pub struct Cli {
     /// on stderr, with nothing on stdout.
     #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
+    /// Make get, put, del, iset and iget linearizable (`?consistency=linearizable`): a
+    /// majority of the key's shard answers each, so every read sees the latest
+    /// acknowledged write through any node; 503 when no majority is reachable.
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    pub linearizable: bool,
 
     /// How long one request to one node may take, connection included, in milliseconds.
     /// A store node answers within 20 s; raise it for a reshard of a large store.

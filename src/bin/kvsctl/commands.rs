@@ -36,9 +36,21 @@ const INVALID_METADATA: &str = "Invalid causal metadata";
 pub struct Ctx {
     pub client: Client,
     pub session: Session,
+    /// Key operations ask for `?consistency=linearizable`.
+    pub linearizable: bool,
 }
 
 impl Ctx {
+    /// The path of a key operation, linearizable if asked.
+    fn key_path(&self, key: &str) -> Result<String, CliError> {
+        let path = key_path(key)?;
+        Ok(if self.linearizable {
+            format!("{path}?consistency=linearizable")
+        } else {
+            path
+        })
+    }
+
     /// Sends a key operation (its body carries the session's metadata) and keeps the
     /// metadata of a successful answer.
     async fn key_op(&mut self, call: Call) -> Result<Answer, CliError> {
@@ -126,7 +138,7 @@ async fn read_key(ctx: &mut Ctx, key: &str) -> Result<(String, Answer), CliError
     let what = format!("get {key:?}");
     let body = ctx.with_metadata(json!({}));
     let answer = ctx
-        .key_op(Call::read(&what, key_path(key)?).body(body))
+        .key_op(Call::read(&what, ctx.key_path(key)?).body(body))
         .await?;
     Ok((answer.text(&what, "value")?, answer))
 }
@@ -146,7 +158,7 @@ async fn get(ctx: &mut Ctx, args: GetArgs) -> Result<Report, CliError> {
 async fn write_key(ctx: &mut Ctx, key: &str, value: String) -> Result<Report, CliError> {
     let what = format!("put {key:?}");
     let body = ctx.with_metadata(json!({ "value": value }));
-    let call = Call::write(&what, Method::PUT, key_path(key)?).body(body);
+    let call = Call::write(&what, Method::PUT, ctx.key_path(key)?).body(body);
     let answer = ctx.key_op(call).await?;
     let result = if answer.status == 201 {
         "added"
@@ -177,7 +189,7 @@ async fn put(ctx: &mut Ctx, args: PutArgs) -> Result<Report, CliError> {
 async fn del(ctx: &mut Ctx, args: KeyArg) -> Result<Report, CliError> {
     let what = format!("del {:?}", args.key);
     let body = ctx.with_metadata(json!({}));
-    let call = Call::write(&what, Method::DELETE, key_path(&args.key)?).body(body);
+    let call = Call::write(&what, Method::DELETE, ctx.key_path(&args.key)?).body(body);
     let answer = ctx.key_op(call).await?;
     let shard = answer.text(&what, "shard-id")?;
     let json = json!({

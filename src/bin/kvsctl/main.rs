@@ -59,7 +59,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
         connect: Duration::from_millis(cli.connect_timeout_ms),
     };
     let client = Client::new(cli.nodes, cli.token, timeouts)?;
-    let mut ctx = Ctx { client, session };
+    let mut ctx = Ctx {
+        client,
+        session,
+        linearizable: cli.linearizable,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,0 +1,467 @@
+//! Linearizable reads and writes of one key, chosen per request
+//! (`/key-value-store/<key>?consistency=linearizable`), beside the causal ones: an ABD
+//! register over the members of the key's shard (Attiya, Bar-Noy and Dolev), with majority
+//! quorums. See docs/design.md, "Linearizable requests".
+//!
+//! - A read asks every member for its version of the key and takes the newest of the first
+//!   majority to answer; if fewer than a majority hold that version, it stores it on more
+//!   members until a majority does, and only then answers. Any later operation's majority
+//!   meets this one, so it sees this version or a newer one.
+//! - A write asks a majority for their versions too, takes the newest in here, and then
+//!   writes as a causal write does, with a Lamport time above every version it saw (so its
+//!   stamp is the newest); it answers once a majority stores it.
+//!
+//! The versions and their order are the causal store's own (last writer wins by stamp), so a
+//! linearizable write is a write like any other for causal readers, and is replicated like
+//! one. Every message carries the map epoch the coordinator works under; a member under
+//! another map refuses it, and the operation is tried again under the newer map or answered
+//! 503, so none completes against a membership a reshard or an add-member replaced. Without
+//! a majority within [`LINEAR_WAIT`], the answer is 503.
+//!
+//! [`Gather`] is the decision part (which answers count, which version wins, who lacks it),
+//! tested without a network; the `async` functions only send and wait.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use crate::budget::Deadline;
+use crate::causal::CausalMetadata;
+use crate::error::{KvsError, Result};
+use crate::node::{Node, Route, WriteOutcome};
+use crate::peer::messages::{LinQuery, LinStore, LinVersion};
+use crate::storage::{Entry, Record};
+use crate::NodeId;
+
+/// The query parameter that asks for a linearizable operation.
+pub const PARAMETER: &str = "consistency=linearizable";
+/// The longest a linearizable operation waits for a majority before it answers 503.
+pub const LINEAR_WAIT: Duration = Duration::from_secs(5);
+/// How many times an operation is tried again after a member answered under another map.
+const MAX_MAP_ATTEMPTS: usize = 3;
+
+/// Whether a request's path and query ask for a linearizable operation.
+pub fn requested(path_and_query: &str) -> bool {
+    path_and_query
+        .split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|p| p == PARAMETER))
+}
+
+/// The members' answers to one round, under one map epoch.
+#[derive(Debug, Clone)]
+pub struct Gather {
+    epoch: u64,
+    needed: usize,
+    answers: Vec<(NodeId, Option<Entry>)>,
+    /// The newest epoch a member refused the round under, if any did.
+    newer_epoch: Option<u64>,
+}
+
+impl Gather {
+    /// A round among `members` members, under `epoch`.
+    pub fn new(epoch: u64, members: usize) -> Self {
+        Self {
+            epoch,
+            needed: members / 2 + 1,
+            answers: Vec::new(),
+            newer_epoch: None,
+        }
+    }
+
+    pub fn needed(&self) -> usize {
+        self.needed
+    }
+
+    /// Counts `from`'s answer if it was given under this round's map.
+    pub fn add(&mut self, from: NodeId, answer: LinVersion) {
+        if answer.epoch == self.epoch {
+            self.answers.push((from, answer.entry));
+        } else if answer.epoch > self.epoch {
+            self.newer_epoch = Some(self.newer_epoch.unwrap_or(0).max(answer.epoch));
+        }
+    }
+
+    /// A member answered under a newer map: the round must be done again under it.
+    pub fn newer_epoch(&self) -> Option<u64> {
+        self.newer_epoch
+    }
+
+    pub fn has_majority(&self) -> bool {
+        self.answers.len() >= self.needed
+    }
+
+    /// The newest version among the answers (`None`: no answering member has the key).
+    pub fn newest(&self) -> Option<&Entry> {
+        self.answers
+            .iter()
+            .filter_map(|(_, e)| e.as_ref())
+            .max_by_key(|e| e.stamp)
+    }
+
+    /// The answering members that do not hold `newest` (or a newer version).
+    pub fn lacking(&self, newest: &Entry) -> Vec<NodeId> {
+        self.answers
+            .iter()
+            .filter(|(_, e)| e.as_ref().is_none_or(|e| e.stamp < newest.stamp))
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// The answering members that hold `newest` (or a newer version).
+    pub fn holders(&self, newest: &Entry) -> Vec<NodeId> {
+        self.answers
+            .iter()
+            .filter(|(_, e)| e.as_ref().is_some_and(|e| e.stamp >= newest.stamp))
+            .map(|(n, _)| *n)
+            .collect()
+    }
+}
+
+/// The key's shard under the current map: its epoch, and its members other than this node.
+/// `NotOwner` if this node is not a member (the caller routes the request again).
+fn shard_peers(node: &Node, key: &str) -> Result<(u64, usize, Vec<NodeId>)> {
+    let map = node.routing.map();
+    let Route::Local(shard) = node.route(key)? else {
+        return Err(KvsError::NotOwner(
+            map.shard_for_key(key).unwrap_or_default(),
+        ));
+    };
+    let members: BTreeSet<NodeId> = map.members(shard).cloned().unwrap_or_default();
+    let peers = members.iter().filter(|m| **m != node.me).copied().collect();
+    Ok((map.epoch, members.len(), peers))
+}
+
+/// This node's answer to a query: its version of the key under `query.epoch`.
+pub async fn answer_query(node: &Node, query: &LinQuery) -> Result<LinVersion> {
+    let deadline = Deadline::from_budget_ms(query.budget_ms);
+    let epoch = member_under(node, &query.key, query.epoch, deadline).await?;
+    let entry = node.local_version(&query.key);
+    Ok(LinVersion { epoch, entry })
+}
+
+/// This node's answer to a store: it holds `store.record` (or a newer version) under
+/// `store.epoch`.
+pub async fn answer_store(node: &Node, store: LinStore) -> Result<LinVersion> {
+    let deadline = Deadline::from_budget_ms(store.budget_ms);
+    let epoch = member_under(node, &store.record.key, store.epoch, deadline).await?;
+    if epoch == store.epoch {
+        node.take_version(store.record);
+    }
+    Ok(LinVersion { epoch, entry: None })
+}
+
+/// Waits (bounded) for the asker's map epoch and this node's shard data; the epoch this
+/// node answers under (a different one makes the asker try again or give up).
+async fn member_under(node: &Node, key: &str, epoch: u64, deadline: Deadline) -> Result<u64> {
+    if epoch > node.routing.map().epoch {
+        node.routing.await_epoch(epoch, deadline).await;
+    }
+    // A member that has not caught up with its shard (just added, or restarted without
+    // its data) may lack what it acknowledged: it must not count in a majority.
+    node.await_synced(deadline).await?;
+    let mine = node.routing.map().epoch;
+    if mine == epoch {
+        if let Route::Remote(shard, _) = node.route(key)? {
+            return Err(KvsError::NotOwner(shard));
+        }
+    }
+    Ok(mine)
+}
+
+/// Asks every member for its version of `key`, this node first; returns once a majority
+/// answered under `epoch`, or a member answered under a newer map.
+async fn query(
+    node: &Node,
+    key: &str,
+    epoch: u64,
+    members: usize,
+    peers: &[NodeId],
+    deadline: Deadline,
+) -> Result<Gather> {
+    // This node counts in the majority too: not before it holds its shard's data.
+    node.await_synced(deadline).await?;
+    let mut gather = Gather::new(epoch, members);
+    gather.add(
+        node.me,
+        LinVersion {
+            epoch,
+            entry: node.local_version(key),
+        },
+    );
+    let message = LinQuery {
+        epoch,
+        key: key.to_owned(),
+        budget_ms: budget_ms(deadline)?,
+    };
+    let mut calls: FuturesUnordered<_> = peers
+        .iter()
+        .map(|&peer| {
+            let message = &message;
+            async move {
+                (
+                    peer,
+                    node.peers
+                        .lin_query(peer, message, deadline.remaining())
+                        .await,
+                )
+            }
+        })
+        .collect();
+    while !gather.has_majority() && gather.newer_epoch().is_none() {
+        match calls.next().await {
+            Some((peer, Ok(answer))) => gather.add(peer, answer),
+            Some((peer, Err(e))) => log::debug!("linearizable query to {peer}: {e}"),
+            None => return Err(KvsError::Unavailable),
+        }
+    }
+    Ok(gather)
+}
+
+/// Stores `record` on `targets` until `holding` (members that already hold it) reaches a
+/// majority of `needed`.
+async fn store(
+    node: &Node,
+    record: &Record,
+    epoch: u64,
+    targets: &[NodeId],
+    mut holding: usize,
+    needed: usize,
+    deadline: Deadline,
+) -> Result<()> {
+    if holding >= needed {
+        return Ok(());
+    }
+    let message = LinStore {
+        epoch,
+        record: record.clone(),
+        budget_ms: budget_ms(deadline)?,
+    };
+    let mut calls: FuturesUnordered<_> = targets
+        .iter()
+        .map(|&peer| {
+            let message = &message;
+            async move {
+                (
+                    peer,
+                    node.peers
+                        .lin_store(peer, message, deadline.remaining())
+                        .await,
+                )
+            }
+        })
+        .collect();
+    while holding < needed {
+        match calls.next().await {
+            Some((_, Ok(answer))) if answer.epoch == epoch => holding += 1,
+            Some((peer, Ok(answer))) => {
+                log::debug!("linearizable store to {peer}: under epoch {}", answer.epoch);
+                return Err(KvsError::NotOwner(0));
+            }
+            Some((peer, Err(e))) => log::debug!("linearizable store to {peer}: {e}"),
+            None => return Err(KvsError::Unavailable),
+        }
+    }
+    Ok(())
+}
+
+fn budget_ms(deadline: Deadline) -> Result<u32> {
+    deadline.forward_budget_ms().ok_or(KvsError::Unavailable)
+}
+
+/// Runs `round` under the current map, again under a newer one when a member answered
+/// under it (a reshard or an add-member committed meanwhile), [`MAX_MAP_ATTEMPTS`] times.
+async fn under_current_map<T, F, Fut>(node: &Node, deadline: Deadline, mut round: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Attempt<T>>>,
+{
+    for _ in 0..MAX_MAP_ATTEMPTS {
+        match round().await? {
+            Attempt::Done(value) => return Ok(value),
+            Attempt::NewerMap(epoch) => {
+                node.routing.await_epoch(epoch, deadline).await;
+            }
+        }
+    }
+    Err(KvsError::Unavailable)
+}
+
+enum Attempt<T> {
+    Done(T),
+    NewerMap(u64),
+}
+
+/// A linearizable read: the key's newest version a majority holds (`None`: absent).
+pub async fn read(
+    node: &Node,
+    key: &str,
+    deps: &CausalMetadata,
+    deadline: Deadline,
+) -> Result<Option<Entry>> {
+    let deadline = Deadline::from_instant(deadline.within(LINEAR_WAIT));
+    node.await_dependencies(deps, deadline).await?;
+    under_current_map(node, deadline, || async {
+        let (epoch, members, peers) = shard_peers(node, key)?;
+        let gather = query(node, key, epoch, members, &peers, deadline).await?;
+        if let Some(newer) = gather.newer_epoch() {
+            return Ok(Attempt::NewerMap(newer));
+        }
+        let Some(newest) = gather.newest().cloned() else {
+            return Ok(Attempt::Done(None));
+        };
+        let record = Record {
+            key: key.to_owned(),
+            entry: newest.clone(),
+        };
+        // Write back: a majority must hold what this read returns before it is answered.
+        let holders = gather.holders(&newest);
+        let mut holding = holders.len();
+        if !holders.contains(&node.me) {
+            node.take_version(record.clone());
+            holding += 1;
+        }
+        let others: Vec<NodeId> = peers
+            .iter()
+            .filter(|p| !holders.contains(p))
+            .copied()
+            .collect();
+        store(
+            node,
+            &record,
+            epoch,
+            &others,
+            holding,
+            gather.needed(),
+            deadline,
+        )
+        .await?;
+        Ok(Attempt::Done(Some(newest)))
+    })
+    .await
+}
+
+/// A linearizable PUT (`Some(value)`) or DELETE (`None`): stamped after every version a
+/// majority holds, answered once a majority stores it.
+pub async fn write(
+    node: &Node,
+    key: &str,
+    value: Option<String>,
+    deps: &CausalMetadata,
+    deadline: Deadline,
+) -> Result<WriteOutcome> {
+    let deadline = Deadline::from_instant(deadline.within(LINEAR_WAIT));
+    under_current_map(node, deadline, || {
+        let value = value.clone();
+        async move {
+            let (epoch, members, peers) = shard_peers(node, key)?;
+            let gather = query(node, key, epoch, members, &peers, deadline).await?;
+            if let Some(newer) = gather.newer_epoch() {
+                return Ok(Attempt::NewerMap(newer));
+            }
+            // The newest version here first: a delete of a key only a majority holds finds
+            // it, and this write's Lamport time passes every version seen.
+            if let Some(newest) = gather.newest() {
+                node.take_version(Record {
+                    key: key.to_owned(),
+                    entry: newest.clone(),
+                });
+            }
+            let outcome = node.write(key, value, deps, deadline).await?;
+            let Some(entry) = node.local_version(key) else {
+                return Err(KvsError::Unavailable);
+            };
+            let record = Record {
+                key: key.to_owned(),
+                entry,
+            };
+            // The write is in this node's journal and reaches the others in any case: from
+            // here on it is never tried again (a second copy, later, could undo another
+            // client's write in between), and a failure says it may have been applied.
+            store(node, &record, epoch, &peers, 1, gather.needed(), deadline)
+                .await
+                .map_err(|_| KvsError::WriteFateUnknown)?;
+            Ok(Attempt::Done(outcome))
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::causal::Stamp;
+
+    fn node(i: u8) -> NodeId {
+        format!("10.0.0.{i}:8080").parse().unwrap()
+    }
+
+    fn entry(lamport: u64) -> Entry {
+        Entry {
+            value: Some(format!("v{lamport}")),
+            stamp: Stamp {
+                era: 0,
+                lamport,
+                origin: node(9),
+                seq: lamport,
+            },
+            metadata: String::new(),
+        }
+    }
+
+    fn version(epoch: u64, lamport: Option<u64>) -> LinVersion {
+        LinVersion {
+            epoch,
+            entry: lamport.map(entry),
+        }
+    }
+
+    #[test]
+    fn a_majority_of_answers_under_the_round_map_decides() {
+        let mut g = Gather::new(4, 3);
+        assert_eq!(g.needed(), 2);
+        g.add(node(1), version(4, Some(3)));
+        assert!(!g.has_majority());
+        g.add(node(2), version(3, Some(9)));
+        assert!(
+            !g.has_majority(),
+            "an answer under an older map does not count"
+        );
+        assert_eq!(g.newer_epoch(), None);
+        g.add(node(3), version(4, None));
+        assert!(g.has_majority());
+        let newest = g.newest().unwrap().clone();
+        assert_eq!(newest.stamp.lamport, 3);
+        assert_eq!(g.lacking(&newest), vec![node(3)]);
+        assert_eq!(
+            g.holders(&newest),
+            vec![node(1)],
+            "a write-back must reach one more"
+        );
+    }
+
+    #[test]
+    fn an_answer_under_a_newer_map_restarts_the_round() {
+        let mut g = Gather::new(4, 5);
+        assert_eq!(g.needed(), 3);
+        g.add(node(1), version(5, Some(1)));
+        assert_eq!(g.newer_epoch(), Some(5));
+    }
+
+    #[test]
+    fn nothing_written_reads_as_absent() {
+        let mut g = Gather::new(0, 2);
+        g.add(node(1), version(0, None));
+        g.add(node(2), version(0, None));
+        assert!(g.has_majority());
+        assert!(g.newest().is_none());
+    }
+
+    #[test]
+    fn the_parameter_is_found_among_others() {
+        assert!(requested("/key-value-store/k?consistency=linearizable"));
+        assert!(requested("/key-value-store/k?a=1&consistency=linearizable"));
+        assert!(!requested("/key-value-store/k"));
+        assert!(!requested("/key-value-store/k?consistency=causal"));
+    }
+}
