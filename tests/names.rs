@@ -87,6 +87,48 @@ async fn a_store_forms_and_serves_under_names() {
     })
     .await;
     assert!(held.is_some());
+
+    // A third node, named too, joins by add-member: the admin request names it.
+    let port = free_local_port();
+    let name = format!("localhost:{port}");
+    let log = std::fs::File::create(log_dir.join("node2.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_kvs"))
+        .env("SOCKET_ADDRESS", &name)
+        .env("VIEW", format!("{},{name}", view.join(",")))
+        .env("BIND_ADDRESS", format!("127.0.0.1:{port}"))
+        .env("KVS_IN_MEMORY", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start kvs");
+    nodes.0.push(child);
+    let joined = poll_until(READY_TIMEOUT, POLL_INTERVAL, || async {
+        let (s, _) = try_request(
+            reqwest::Method::PUT,
+            &url(0, "/key-value-store-shard/add-member/0"),
+            Body::Json(&json!({ "socket-address": name })),
+        )
+        .await
+        .ok()?;
+        (s == 200).then_some(())
+    })
+    .await;
+    assert!(
+        joined.is_some(),
+        "add-member by name; logs in {}",
+        log_dir.display()
+    );
+    let (s, b) = get(&url(1, "/key-value-store-shard/shard-id-members/0"), None).await;
+    assert_eq!(s, 200);
+    let members = b["shard-id-members"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(members.split(',').any(|m| m == name), "{members}");
+    let third = format!("http://127.0.0.1:{port}/key-value-store/named");
+    let (s, b) = get(&third, Some(json!({ "causal-metadata": cm }))).await;
+    assert_eq!((s, &b["value"]), (200, &json!("by name")), "{b}");
     let _ = std::fs::remove_dir_all(&log_dir);
     drop(nodes);
 }

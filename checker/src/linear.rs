@@ -18,12 +18,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// What one operation did, as the client saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LinKind {
     /// Wrote the value (an answer or not, it can only have written it).
     Put(String),
     /// Deleted the key: `Some(true)` answered "deleted", `Some(false)` "did not exist",
-    /// `None` no answer.
+    /// `None` either (no answer, or an answer that does not say: a blind delete).
     Delete { found: Option<bool> },
     /// Read the value (`None`: the key did not exist).
     Get(Option<String>),
@@ -31,7 +31,7 @@ pub enum LinKind {
 
 /// One operation of a history: its key, when it was called and answered (nanoseconds on
 /// one clock; `None`: never answered), and what it did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LinOp {
     pub key: String,
     pub call_ns: u64,
