@@ -3,12 +3,13 @@
 # counters are not available in this VM) and prints where the CPU goes, per process and per
 # function (inclusive %, from DWARF call graphs).
 #
-# usage: [ROLE=owner] [SPREAD=request] bench/profile.sh [forwarded-get|forwarded-put|local-get|local-put|kvs3-get|kvs3-put] [SECONDS]
+# usage: [ROLE=owner] [SPREAD=request] [LOAD_ARGS=...] bench/profile.sh [forwarded-get|forwarded-put|local-get|local-put|kvs3-get|kvs3-put] [SECONDS]
 #
 # Builds kvs with symbols into a separate target dir (/tmp/kvs-bench-prof-target, about 4 min
 # the first time), starts the store on 127.0.79.x, drives the load with kvs-bench and records
 # one node of the role that matters (the forwarding node, or an owner). SPREAD=request sends
 # each session's requests to the nodes in turn (round robin) instead of one node each.
+# LOAD_ARGS adds options to the load (e.g. "--kvs-linearizable --no-metadata").
 # Needs linux-perf.
 set -euo pipefail
 
@@ -65,14 +66,14 @@ else
     [ "${ROLE:-}" = owner ] && RECORD=${M0%%,*}
 fi
 nice -n -10 "$BENCH" load --targets "$TARGETS" "${KEYS[@]}" --spread "${SPREAD:-worker}" --concurrency 32 --threads 1 \
-    --duration $((SECS + 4)) --warmup 0 --read-ratio $ratio --label "$WORKLOAD" >"$OUT/load.out" &
+    --duration $((SECS + 4)) --warmup 0 --read-ratio $ratio ${LOAD_ARGS:-} --label "$WORKLOAD" >"$OUT/load.out" &
 LOAD=$!
 sleep 2
 perf record -a -e cpu-clock -F 999 -o "$OUT/all.data" -- sleep "$SECS" 2>/dev/null >/dev/null
 wait $LOAD
 cat "$OUT/load.out"
 nice -n -10 "$BENCH" load --targets "$TARGETS" "${KEYS[@]}" --spread "${SPREAD:-worker}" --concurrency 32 --threads 1 \
-    --duration $((SECS + 2)) --warmup 0 --read-ratio $ratio --quiet >/dev/null &
+    --duration $((SECS + 2)) --warmup 0 --read-ratio $ratio ${LOAD_ARGS:-} --quiet >/dev/null &
 LOAD=$!
 sleep 1
 perf record -p "${PID_OF[$RECORD]}" -e cpu-clock -F 999 --call-graph dwarf,32768 -o "$OUT/node.data" \

@@ -112,3 +112,30 @@ async fn without_a_majority_a_linearizable_request_answers_503_in_bounded_time()
         "{back}"
     );
 }
+
+/// `kvsctl --linearizable` sends the parameter: a write through one node, read through
+/// another at once, without a session.
+#[tokio::test]
+async fn kvsctl_asks_for_linearizable_operations() {
+    let c = Cluster::start(3, Some(1), FMT).await;
+    let kvsctl = |node: usize, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvsctl"))
+            .args([
+                "--no-session",
+                "--linearizable",
+                "--node",
+                &c.addr(node).to_string(),
+            ])
+            .args(args)
+            .output()
+            .expect("kvsctl runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    };
+    assert_eq!(kvsctl(0, &["put", "lock", "held"]).0, Some(0));
+    assert_eq!(kvsctl(2, &["get", "lock"]), (Some(0), "held".to_owned()));
+    assert_eq!(kvsctl(1, &["del", "lock"]).0, Some(0));
+    assert_eq!(kvsctl(0, &["get", "lock"]).0, Some(1));
+}

@@ -403,6 +403,25 @@ impl LocalReplica {
         self.persist(records.iter().map(|r| (r.key.as_str(), &r.entry)), &replica);
     }
 
+    /// [`LocalReplica::absorb_records`] for the records newer than the stored versions: a
+    /// linearizable operation's coordinator usually holds the newest version already, and
+    /// an absorb that changes nothing would still cost a journal write (the replica state
+    /// goes with every batch).
+    pub fn absorb_if_newer(&self, records: Vec<Record>) {
+        let replica = lock(&self.replica);
+        let newer: Vec<&Record> = records
+            .iter()
+            .filter(|r| {
+                self.store
+                    .would_win(&r.key, &r.entry.stamp)
+                    .unwrap_or_else(|e| storage_failed(e))
+            })
+            .collect();
+        if !newer.is_empty() {
+            self.persist(newer.iter().map(|r| (r.key.as_str(), &r.entry)), &replica);
+        }
+    }
+
     pub fn pull_request(&self, full: bool) -> SyncRequest {
         let summary = self.applied_summary();
         SyncRequest {

@@ -98,6 +98,8 @@ pub struct Node {
     key_count: stats::CachedCount,
     /// An injected failure ([`crate::fault`]), when `KVS_FAULT_INJECTION` allows one.
     pub fault: Arc<FaultSwitch>,
+    /// Linearizable writes' `lin-store`s to each peer, combined into batches.
+    pub lin_stores: crate::peer::combine::StoreCombiner,
 }
 
 /// A node that cannot write to its disk stops rather than go on with state it cannot keep
@@ -140,6 +142,7 @@ impl Node {
             started: Instant::now(),
             key_count: stats::CachedCount::default(),
             fault,
+            lin_stores: Default::default(),
             config,
         }
     }
@@ -397,8 +400,15 @@ impl Node {
     /// then a no-op), and moves this node's Lamport time past it, so that a write here
     /// afterwards is stamped after it.
     pub fn take_version(&self, record: Record) {
-        self.local.observe_lamport(record.entry.stamp.lamport);
-        self.local.absorb_records(vec![record]);
+        self.take_versions(vec![record]);
+    }
+
+    /// [`Node::take_version`] for many records, in one batch (one journal write).
+    pub fn take_versions(&self, records: Vec<Record>) {
+        if let Some(lamport) = records.iter().map(|r| r.entry.stamp.lamport).max() {
+            self.local.observe_lamport(lamport);
+        }
+        self.local.absorb_if_newer(records);
     }
 
     /// Applies a client's PUT (`Some(value)`) or DELETE (`None`) coordinated here.

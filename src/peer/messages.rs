@@ -207,11 +207,12 @@ pub struct LinQuery {
     pub budget_ms: u32,
 }
 
-/// A linearizable operation asks a member to hold a version (a newer one stays).
+/// Linearizable operations ask a member to hold versions (a newer one stays): one or many
+/// writes' (see `peer::combine`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinStore {
     pub epoch: u64,
-    pub record: Record,
+    pub records: Vec<Record>,
     pub budget_ms: u32,
 }
 

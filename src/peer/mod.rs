@@ -14,6 +14,7 @@
 //! Both carry the same encoded bytes, so the in-memory tests also cover the messages' codec.
 //! Every call has a timeout.
 
+pub mod combine;
 pub mod memory;
 pub mod messages;
 pub mod relay;

@@ -242,6 +242,12 @@ impl Store {
         }
     }
 
+    /// Whether a version stamped `stamp` would replace `key`'s stored one. Callers hold the
+    /// node's replica lock, as writers do: the stamp cache is filled by this read.
+    pub fn would_win(&self, key: &str, stamp: &Stamp) -> Result<bool, StorageError> {
+        self.beats_stored(key, stamp)
+    }
+
     fn beats_stored(&self, key: &str, stamp: &Stamp) -> Result<bool, StorageError> {
         let stored = self.stored_stamp(key)?;
         Ok(stored.is_none_or(|(s, _)| *stamp > s))
