@@ -29,6 +29,27 @@ fn free_local_port() -> u16 {
         .expect("a free port")
 }
 
+/// Starts node `i` named `name`, listening on 127.0.0.1:`port`, in memory, with `env`.
+fn spawn_named(
+    log_dir: &std::path::Path,
+    i: usize,
+    name: &str,
+    port: u16,
+    env: &[(&str, String)],
+) -> Child {
+    let log = std::fs::File::create(log_dir.join(format!("node{i}.log"))).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_kvs"))
+        .env("SOCKET_ADDRESS", name)
+        .env("BIND_ADDRESS", format!("127.0.0.1:{port}"))
+        .env("KVS_IN_MEMORY", "true")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start kvs")
+}
+
 #[tokio::test]
 async fn a_store_forms_and_serves_under_names() {
     let ports: Vec<u16> = (0..2).map(|_| free_local_port()).collect();
@@ -37,19 +58,10 @@ async fn a_store_forms_and_serves_under_names() {
     std::fs::create_dir_all(&log_dir).unwrap();
     let mut nodes = Processes(Vec::new());
     for (i, port) in ports.iter().enumerate() {
-        let log = std::fs::File::create(log_dir.join(format!("node{i}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kvs"))
-            .env("SOCKET_ADDRESS", &view[i])
-            .env("VIEW", view.join(","))
-            .env("SHARD_COUNT", "1")
-            .env("BIND_ADDRESS", format!("127.0.0.1:{port}"))
-            .env("KVS_IN_MEMORY", "true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start kvs");
-        nodes.0.push(child);
+        let env = [("VIEW", view.join(",")), ("SHARD_COUNT", "1".into())];
+        nodes
+            .0
+            .push(spawn_named(&log_dir, i, &view[i], *port, &env));
     }
     let url = |i: usize, path: &str| format!("http://127.0.0.1:{}{path}", ports[i]);
     // The view answers the names as configured.
@@ -91,18 +103,8 @@ async fn a_store_forms_and_serves_under_names() {
     // A third node, named too, joins by add-member: the admin request names it.
     let port = free_local_port();
     let name = format!("localhost:{port}");
-    let log = std::fs::File::create(log_dir.join("node2.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_kvs"))
-        .env("SOCKET_ADDRESS", &name)
-        .env("VIEW", format!("{},{name}", view.join(",")))
-        .env("BIND_ADDRESS", format!("127.0.0.1:{port}"))
-        .env("KVS_IN_MEMORY", "true")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("start kvs");
-    nodes.0.push(child);
+    let env = [("VIEW", format!("{},{name}", view.join(",")))];
+    nodes.0.push(spawn_named(&log_dir, 2, &name, port, &env));
     let joined = poll_until(READY_TIMEOUT, POLL_INTERVAL, || async {
         let (s, _) = try_request(
             reqwest::Method::PUT,

@@ -388,18 +388,20 @@ fn unavailability(ops: &[Op], windows: &[FaultWindow]) -> (f64, f64, usize, usiz
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs root for network namespaces; ./test.sh runs it"]
-async fn causal_sessions_survive_kill_pause_and_partition() {
-    let settings = Settings::from_env();
-    println!(
-        "nemesis seed {} ({} s, {} sessions, faults {:?}); replay with NEMESIS_SEED={}",
-        settings.seed, settings.seconds, settings.sessions, settings.faults, settings.seed
-    );
+/// A store of [`NODES`] nodes in network namespaces, ready for clients, with its log
+/// directory under `kvs-tests/<dir>`, and an HTTP client for it.
+struct Store {
+    cluster: Arc<NetCluster>,
+    addrs: Vec<String>,
+    http: reqwest::Client,
+    log_dir: std::path::PathBuf,
+}
+
+async fn start_store(dir: &str, seed: u64) -> Store {
     let log_dir = std::env::temp_dir()
         .join("kvs-tests")
-        .join("nemesis")
-        .join(format!("{}-{}", std::process::id(), settings.seed));
+        .join(dir)
+        .join(format!("{}-{}", std::process::id(), seed));
     let _ = std::fs::remove_dir_all(&log_dir);
     let cluster = Arc::new(NetCluster::start(NODES, SHARDS, log_dir.clone()));
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
@@ -414,6 +416,36 @@ async fn causal_sessions_survive_kill_pause_and_partition() {
         "store of {NODES} nodes in {SHARDS} shards ready; logs in {}",
         log_dir.display()
     );
+    Store {
+        cluster,
+        addrs,
+        http,
+        log_dir,
+    }
+}
+
+/// Ends every fault the nemesis may have left: the network healed, every node running.
+fn end_faults(cluster: &NetCluster) {
+    cluster.heal();
+    for i in 0..NODES {
+        cluster.resume(i);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root for network namespaces; ./test.sh runs it"]
+async fn causal_sessions_survive_kill_pause_and_partition() {
+    let settings = Settings::from_env();
+    println!(
+        "nemesis seed {} ({} s, {} sessions, faults {:?}); replay with NEMESIS_SEED={}",
+        settings.seed, settings.seconds, settings.sessions, settings.faults, settings.seed
+    );
+    let Store {
+        cluster,
+        addrs,
+        http,
+        log_dir,
+    } = start_store("nemesis", settings.seed).await;
 
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs(settings.seconds);
@@ -456,10 +488,7 @@ async fn causal_sessions_survive_kill_pause_and_partition() {
         task.await.expect("session task");
     }
     let elapsed = t0.elapsed();
-    cluster.heal();
-    for i in 0..NODES {
-        cluster.resume(i);
-    }
+    end_faults(&cluster);
     cluster.assert_running();
 
     let ops = std::mem::take(&mut *recorder.ops.lock().unwrap());
@@ -602,20 +631,12 @@ async fn linearizable_registers_survive_kill_pause_and_partition() {
         "linearizable nemesis seed {} ({} s, {} clients, faults {:?}); replay with NEMESIS_SEED={}",
         settings.seed, settings.seconds, settings.sessions, settings.faults, settings.seed
     );
-    let log_dir = std::env::temp_dir()
-        .join("kvs-tests")
-        .join("nemesis-linear")
-        .join(format!("{}-{}", std::process::id(), settings.seed));
-    let _ = std::fs::remove_dir_all(&log_dir);
-    let cluster = Arc::new(NetCluster::start(NODES, SHARDS, log_dir.clone()));
-    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .expect("HTTP client");
-    wait_ready(&addrs, &http).await;
+    let Store {
+        cluster,
+        addrs,
+        http,
+        log_dir,
+    } = start_store("nemesis-linear", settings.seed).await;
 
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs(settings.seconds);
@@ -649,10 +670,7 @@ async fn linearizable_registers_survive_kill_pause_and_partition() {
         task.await.expect("client task");
     }
     let elapsed = t0.elapsed();
-    cluster.heal();
-    for i in 0..NODES {
-        cluster.resume(i);
-    }
+    end_faults(&cluster);
     let history = std::mem::take(&mut *ops.lock().unwrap());
     let answered = history.iter().filter(|op| op.return_ns.is_some()).count();
     let in_fault = |call_us: u64| {

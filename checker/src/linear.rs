@@ -77,8 +77,30 @@ pub const STEPS_PER_KEY: u64 = 50_000_000;
 
 /// Checks every key of `ops` (its indexes are the operations' names in the report).
 pub fn check_linearizable(ops: &[LinOp]) -> LinReport {
+    // A put without an answer whose value no read returned may as well never have taken
+    // effect: values are unique, so it explains no read, and dropping it loses no order
+    // (unless a delete of its key says whether it found the key: such a put could explain
+    // that). Kept, each would stay a candidate at every step of the search (its return is
+    // at the end of time), and a history with hundreds of them (a partition) took the
+    // search through their subsets: 50,000,000 steps undecided, against 32,748 without.
+    let read: HashSet<&str> = ops
+        .iter()
+        .filter_map(|op| match &op.kind {
+            LinKind::Get(Some(v)) => Some(v.as_str()),
+            _ => None,
+        })
+        .collect();
+    let deletes_tell: HashSet<&str> = ops
+        .iter()
+        .filter(|op| matches!(op.kind, LinKind::Delete { found: Some(_) }))
+        .map(|op| op.key.as_str())
+        .collect();
     let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, op) in ops.iter().enumerate() {
+        let unobserved = matches!(&op.kind, LinKind::Put(v) if !read.contains(v.as_str()));
+        if op.return_ns.is_none() && unobserved && !deletes_tell.contains(op.key.as_str()) {
+            continue;
+        }
         by_key.entry(&op.key).or_default().push(i);
     }
     let mut report = LinReport::default();
@@ -407,6 +429,27 @@ mod tests {
             get(Some("b"), 3, 4),
             get(Some("a"), 5, 6)
         ]));
+    }
+
+    #[test]
+    fn unanswered_puts_nobody_read_do_not_slow_the_search() {
+        let mut ops = vec![put("a", 0, Some(1))];
+        for i in 0..300 {
+            ops.push(put(&format!("lost{i}"), 2 + i, None));
+        }
+        for i in 0..300 {
+            ops.push(get(Some("a"), 1_000 + 2 * i, 1_001 + 2 * i));
+        }
+        ops.push(put("b", 2_000, Some(2_001)));
+        ops.push(get(Some("a"), 2_002, 2_003));
+        let report = check_linearizable(&ops);
+        assert!(!report.is_linearizable(), "a read of a after b completed");
+        assert!(report.steps < 100_000, "{} steps", report.steps);
+        // A delete that says whether it found the key keeps them: one may explain it.
+        let mut with_delete = vec![put("a", 0, Some(1)), del(Some(true), 2, Some(3))];
+        with_delete.push(put("lost", 4, None));
+        with_delete.push(del(Some(true), 10, Some(11)));
+        assert!(check_linearizable(&with_delete).is_linearizable());
     }
 
     #[test]
