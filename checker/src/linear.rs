@@ -469,7 +469,7 @@ mod tests {
     /// to a value that was never current at any instant of its interval are refused.
     #[test]
     fn simulated_registers_are_accepted_and_corrupted_ones_refused() {
-        use rand::{Rng, SeedableRng};
+        use rand::SeedableRng;
         let seed: u64 = rand::random();
         println!("seed {seed}");
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
