@@ -130,8 +130,10 @@ class StatefulSetLikeNames(unittest.TestCase):
 
     def test_1_the_store_forms_from_names_alone(self):
         names = sorted(self.pods.identity(i) for i in range(PODS))
-        r = self.pods.get(3, "/key-value-store-view")
-        self.assertEqual(r.json()["view"], ",".join(names))
+        # Ready means a shard map and the shard's data; the view follows gossip, which may
+        # not have heard from every pod yet (a CI run saw five of six).
+        wait_until(lambda: self.pods.get(3, "/key-value-store-view").json()["view"]
+                   == ",".join(names), 30, what="pod 3's view of every name")
         ids = self.pods.get(0, "/key-value-store-shard/shard-ids").json()["shard-ids"]
         self.assertEqual(ids, "0,1")
         members = self.pods.get(1, "/key-value-store-shard/shard-id-members/0").json()
