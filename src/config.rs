@@ -75,7 +75,10 @@ pub struct Args {
     #[arg(long, env = "KVS_SYNC_INTERVAL_MS", default_value_t = 100)]
     pub sync_interval_ms: u64,
     /// Block cache of the storage engine, in MiB.
-    #[arg(long, env = "KVS_CACHE_MB", default_value_t = 64)]
+    /// 48 by default: a node holding 2,000,000 keys whose cache has filled (reads of old
+    /// keys, the status page's key counts) measured 304 MB resident with 64 MiB, 244 MB
+    /// with the cache still empty; issue 11's bound is 300 MB.
+    #[arg(long, env = "KVS_CACHE_MB", default_value_t = 48)]
     pub cache_mb: u64,
     /// Size at which the storage engine's memtable (the latest writes, in memory) is written
     /// out as a table, in MiB. Measured on a node holding 2,000,000 keys: 64 MiB, 306 MB
