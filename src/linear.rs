@@ -99,15 +99,6 @@ impl Gather {
             .max_by_key(|e| e.stamp)
     }
 
-    /// The answering members that do not hold `newest` (or a newer version).
-    pub fn lacking(&self, newest: &Entry) -> Vec<NodeId> {
-        self.answers
-            .iter()
-            .filter(|(_, e)| e.as_ref().is_none_or(|e| e.stamp < newest.stamp))
-            .map(|(n, _)| *n)
-            .collect()
-    }
-
     /// The answering members that hold `newest` (or a newer version).
     pub fn holders(&self, newest: &Entry) -> Vec<NodeId> {
         self.answers
@@ -547,6 +538,18 @@ mod tests {
                 seq: lamport,
             },
             metadata: String::new(),
+        }
+    }
+
+    impl Gather {
+        /// The answering members that do not hold `newest`: the complement of `holders`.
+        fn lacking(&self, newest: &Entry) -> Vec<NodeId> {
+            let holders = self.holders(newest);
+            self.answers
+                .iter()
+                .map(|(n, _)| *n)
+                .filter(|n| !holders.contains(n))
+                .collect()
         }
     }
 

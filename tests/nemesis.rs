@@ -424,6 +424,19 @@ async fn start_store(dir: &str, seed: u64) -> Store {
     }
 }
 
+/// What a failing run prints before it panics: the faults applied, and the nodes' logs.
+fn print_faults_and_logs(windows: &[FaultWindow], cluster: &NetCluster) {
+    for w in windows {
+        println!(
+            "fault at {:.1}-{:.1} s: {}",
+            w.start_us as f64 / 1e6,
+            w.end_us as f64 / 1e6,
+            w.what
+        );
+    }
+    println!("{}", cluster.log_tails(30));
+}
+
 /// Ends every fault the nemesis may have left: the network healed, every node running.
 fn end_faults(cluster: &NetCluster) {
     cluster.heal();
@@ -527,15 +540,7 @@ async fn causal_sessions_survive_kill_pause_and_partition() {
         path.display()
     );
     if !report.is_clean() || converged.is_none() {
-        for w in &windows {
-            println!(
-                "fault at {:.1}-{:.1} s: {}",
-                w.start_us as f64 / 1e6,
-                w.end_us as f64 / 1e6,
-                w.what
-            );
-        }
-        println!("{}", cluster.log_tails(30));
+        print_faults_and_logs(&windows, &cluster);
         panic!(
             "nemesis seed {}: anomalies found (replay with NEMESIS_SEED={})",
             settings.seed, settings.seed
@@ -709,15 +714,7 @@ async fn linearizable_registers_survive_kill_pause_and_partition() {
         println!("  {key}: {verdict:?}");
     }
     if !report.is_linearizable() {
-        for w in &windows {
-            println!(
-                "fault at {:.1}-{:.1} s: {}",
-                w.start_us as f64 / 1e6,
-                w.end_us as f64 / 1e6,
-                w.what
-            );
-        }
-        println!("{}", cluster.log_tails(30));
+        print_faults_and_logs(&windows, &cluster);
         panic!(
             "linearizable nemesis seed {}: not linearizable (replay with NEMESIS_SEED={})",
             settings.seed, settings.seed
