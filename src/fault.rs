@@ -30,6 +30,9 @@ pub const MAX_FAILURE_SECS: u64 = 3600;
 pub struct FaultSwitch {
     enabled: bool,
     failed: watch::Sender<bool>,
+    /// Bumped to stop the gossip task once, as a fatal socket error would
+    /// (`POST /kvs/fault/gossip-crash`): its supervisor must start it again.
+    gossip_crashes: watch::Sender<u64>,
     /// The end of the current failure; a newer failure or a recovery supersedes it.
     until: Mutex<Option<Instant>>,
 }
@@ -49,6 +52,7 @@ impl FaultSwitch {
         Self {
             enabled,
             failed: watch::channel(false).0,
+            gossip_crashes: watch::channel(0).0,
             until: Mutex::new(None),
         }
     }
@@ -81,6 +85,24 @@ impl FaultSwitch {
         self.failed.send_replace(true);
         log::warn!("injected failure: this node is cut off for {length:?}");
         Ok(length)
+    }
+
+    /// Stops the gossip task, as a fatal error of its socket would.
+    pub fn crash_gossip(&self) -> Result<(), FaultError> {
+        if !self.enabled {
+            return Err(FaultError::Disabled);
+        }
+        self.gossip_crashes.send_modify(|n| *n += 1);
+        log::warn!("injected fault: the gossip task is told to stop");
+        Ok(())
+    }
+
+    /// What the gossip transport follows: the failure, and crashes.
+    pub fn gossip_faults(&self) -> GossipFaults {
+        GossipFaults {
+            cut_off: self.subscribe(),
+            crashes: self.gossip_crashes.subscribe(),
+        }
     }
 
     /// Ends the failure now (nothing happens on a node that is not failed).
@@ -138,20 +160,51 @@ pub async fn expire_failures(switch: std::sync::Arc<FaultSwitch>) {
     }
 }
 
-/// Chitchat's UDP transport, silent while the node is failed: it sends nothing and drops
-/// what it hears, so peers count it down and it counts them down, as a cut cable would.
+/// The injected faults a gossip transport follows.
+#[derive(Clone)]
+pub struct GossipFaults {
+    /// True while the node is failed.
+    pub cut_off: watch::Receiver<bool>,
+    /// Bumped by every injected crash.
+    pub crashes: watch::Receiver<u64>,
+}
+
+impl GossipFaults {
+    /// Faults that never happen (a node without a switch, a test).
+    pub fn none() -> Self {
+        Self {
+            cut_off: watch::channel(false).1,
+            crashes: watch::channel(0).1,
+        }
+    }
+
+    pub fn wrap<T: Transport>(&self, inner: T) -> SwitchedTransport<T> {
+        SwitchedTransport {
+            inner,
+            faults: self.clone(),
+        }
+    }
+}
+
+/// A gossip transport, silent while the node is failed: it sends nothing and drops what it
+/// hears, so peers count it down and it counts them down, as a cut cable would. An injected
+/// crash ends its socket with an error, which stops chitchat's task.
 pub struct SwitchedTransport<T> {
-    pub inner: T,
-    pub failed: watch::Receiver<bool>,
+    inner: T,
+    faults: GossipFaults,
 }
 
 #[async_trait]
 impl<T: Transport> Transport for SwitchedTransport<T> {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
         let inner = self.inner.open(listen_addr).await?;
+        let mut crashes = self.faults.crashes.clone();
+        // Crashes before this socket opened are not this socket's.
+        crashes.borrow_and_update();
         Ok(Box::new(SwitchedSocket {
             inner,
-            failed: self.failed.clone(),
+            failed: self.faults.cut_off.clone(),
+            crashes,
         }))
     }
 }
@@ -159,6 +212,7 @@ impl<T: Transport> Transport for SwitchedTransport<T> {
 struct SwitchedSocket {
     inner: Box<dyn Socket>,
     failed: watch::Receiver<bool>,
+    crashes: watch::Receiver<u64>,
 }
 
 #[async_trait]
@@ -180,7 +234,10 @@ impl Socket for SwitchedSocket {
 
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
-            let received = self.inner.recv().await?;
+            let received = tokio::select! {
+                received = self.inner.recv() => received?,
+                Ok(()) = self.crashes.changed() => anyhow::bail!("injected gossip crash"),
+            };
             if !*self.failed.borrow() {
                 return Ok(received);
             }

@@ -82,7 +82,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         log::warn!("KVS_FAULT_INJECTION is set: /kvs/fault/fail can cut this node off");
         tokio::spawn(fault::expire_failures(fault.clone()));
     }
-    let membership = membership::Membership::start(&config, gossip, fault.subscribe()).await?;
+    let membership = membership::Membership::start(&config, gossip, fault.gossip_faults()).await?;
     log::info!(
         "node {} listening on {} ({:?} format), {} shards known",
         config.socket_address,

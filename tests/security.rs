@@ -338,12 +338,15 @@ async fn a_node_with_another_secret_cannot_join() {
 }
 
 /// A gossip participant of our own in this test process, claiming to be node `victim` (a
-/// newer incarnation of it), with `values` in its state.
+/// newer incarnation of it), with `values` in its state. With `secret`, its datagrams are
+/// sealed as a node's are (an insider's); without, it speaks plain chitchat (an outsider
+/// who read the cluster id off the wire).
 async fn rogue_gossip(
     cluster_id: String,
     victim: std::net::SocketAddrV4,
     seed: std::net::SocketAddrV4,
     values: Vec<(String, String)>,
+    secret: Option<&str>,
 ) -> chitchat::ChitchatHandle {
     let listen = std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
@@ -365,7 +368,24 @@ async fn rogue_gossip(
         extra_liveness_predicate: None,
         protocol_version: chitchat::ProtocolVersion::V0,
     };
-    chitchat::spawn_chitchat(config, values, &chitchat::transport::UdpTransport)
+    let Some(secret) = secret else {
+        return chitchat::spawn_chitchat(config, values, &chitchat::transport::UdpTransport)
+            .await
+            .expect("the rogue gossips");
+    };
+    use kvs::membership::{auth::DatagramKey, guard::Known, transport::GuardedTransport, wire};
+    let me = wire::Id {
+        node_id: victim.to_string(),
+        generation,
+        gossip_addr: listen,
+    };
+    let transport = GuardedTransport {
+        key: Some(DatagramKey::new(secret.as_bytes())),
+        advertised: listen,
+        known: std::sync::Arc::new(std::sync::Mutex::new(Known::new(me))),
+        counters: Default::default(),
+    };
+    chitchat::spawn_chitchat(config, values, &transport)
         .await
         .expect("the rogue gossips")
 }
@@ -376,10 +396,45 @@ async fn shard_ids(c: &Cluster, i: usize) -> Value {
     b["shard-ids"].clone()
 }
 
-/// Someone who can read the gossip port's traffic knows the cluster id and can gossip. Its
-/// claim to be a newer incarnation of a node, with a shard map of a far higher epoch, is
-/// ignored: its values carry no seal made with the secret. The same claim sealed with the
-/// secret is taken in, which shows the forged one reached the nodes too.
+/// Whether `rogue` sees node 0 of `c` alive within `wait`: whether the node answers it.
+async fn heard_by_node_0(
+    rogue: &chitchat::ChitchatHandle,
+    c: &Cluster,
+    wait: std::time::Duration,
+) -> bool {
+    let node_0 = c.addr(0).to_string();
+    poll_until(wait, POLL_INTERVAL, || async {
+        let live = rogue
+            .with_chitchat(|ch| ch.live_nodes().any(|n| *n.node_id == *node_0))
+            .await;
+        live.then_some(())
+    })
+    .await
+    .is_some()
+}
+
+/// Watches the store for 3 s (gossip rounds are 200 ms) while it takes writes: no node's
+/// shard ids change from `before`.
+async fn shards_stay(c: &Cluster, before: &Value) {
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < std::time::Duration::from_secs(3) {
+        for i in 0..2 {
+            assert_eq!(&shard_ids(c, i).await, before, "node {i}");
+        }
+        let (s, b) = c.kv_put(0, "k", "v", "").await;
+        assert!(s == 200 || s == 201, "{b}");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Gossip's two locks, each shown to hold with the other open.
+/// - Someone who reads the gossip port's traffic knows the cluster id, but without the
+///   secret its datagrams carry no tag that holds: no node answers it, and its claim to be
+///   a newer incarnation of a node, with a shard map of a far higher epoch, changes nothing.
+/// - Datagrams sealed with the secret are heard, but values not sealed by their node are
+///   still ignored (the values' own seals, `membership::seal`).
+/// - The control: the same claim with sealed values is taken in, which shows the forged
+///   ones reached the nodes too.
 #[tokio::test]
 async fn forged_gossip_values_are_ignored() {
     let secret = "the-secret-of-the-gossip-test-store";
@@ -399,39 +454,44 @@ async fn forged_gossip_values_are_ignored() {
         ("relay".to_string(), "1".to_string()),
         ("map".to_string(), forged.clone()),
     ];
-    let rogue = rogue_gossip(cluster_id.clone(), victim, c.addr(0), unsealed).await;
-    let heard = poll_until(READY_TIMEOUT, POLL_INTERVAL, || async {
-        let handle = &rogue;
-        let live = handle
-            .with_chitchat(|ch| {
-                ch.live_nodes()
-                    .any(|n| *n.node_id == *c.addr(0).to_string())
-            })
-            .await;
-        live.then_some(())
-    })
-    .await;
-    assert!(heard.is_some(), "the rogue never gossiped with node 0");
-    // Watched for a while (gossip rounds are 200 ms): nothing changes.
-    let watched = std::time::Instant::now();
-    while watched.elapsed() < std::time::Duration::from_secs(3) {
-        for i in 0..2 {
-            assert_eq!(shard_ids(&c, i).await, before, "node {i}");
-        }
-        let (s, b) = c.kv_put(0, "k", "v", "").await;
-        assert!(s == 200 || s == 201, "{b}");
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-    rogue.shutdown().await.ok();
 
-    // The control: sealed with the store's secret, the same claim is taken in.
+    let outsider = rogue_gossip(
+        cluster_id.clone(),
+        victim,
+        c.addr(0),
+        unsealed.clone(),
+        None,
+    )
+    .await;
+    assert!(
+        !heard_by_node_0(&outsider, &c, std::time::Duration::from_secs(3)).await,
+        "a node answered gossip without the secret"
+    );
+    shards_stay(&c, &before).await;
+    outsider.shutdown().await.ok();
+
+    let insider = rogue_gossip(
+        cluster_id.clone(),
+        victim,
+        c.addr(0),
+        unsealed,
+        Some(secret),
+    )
+    .await;
+    assert!(
+        heard_by_node_0(&insider, &c, READY_TIMEOUT).await,
+        "sealed datagrams were never answered"
+    );
+    shards_stay(&c, &before).await;
+    insider.shutdown().await.ok();
+
     let seal = kvs::membership::GossipSeal::new(Some(secret.as_bytes()));
     let id = victim.to_string();
     let sealed = vec![
         ("relay".to_string(), seal.seal(&id, "relay", "1")),
         ("map".to_string(), seal.seal(&id, "map", &forged)),
     ];
-    let _rogue = rogue_gossip(cluster_id, victim, c.addr(0), sealed).await;
+    let _rogue = rogue_gossip(cluster_id, victim, c.addr(0), sealed, Some(secret)).await;
     let adopted = poll_until(READY_TIMEOUT, POLL_INTERVAL, || async {
         (shard_ids(&c, 0).await == json!("77")).then_some(())
     })

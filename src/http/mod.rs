@@ -66,9 +66,16 @@ async fn storage(node: web::Data<Arc<Node>>) -> HttpResponse {
     reply::ok(serde_json::json!(node.local.storage_stats()))
 }
 
-/// `GET /kvs/health/live`: the node serves HTTP.
-async fn live() -> HttpResponse {
-    reply::ok(serde_json::json!({"live": true}))
+/// `GET /kvs/health/live`: the node serves HTTP and its gossip task runs (while a stopped
+/// one is being started again, 503: a node that cannot gossip drops out of every view).
+async fn live(node: web::Data<Arc<Node>>) -> HttpResponse {
+    if node.membership.gossip_alive() {
+        return reply::ok(serde_json::json!({"live": true}));
+    }
+    reply::json(
+        actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({"live": false, "waiting_for": "gossip, which stopped and is being started again"}),
+    )
 }
 
 /// `GET /kvs/health/ready`: 200 when the node can serve its keys, else 503 saying what it

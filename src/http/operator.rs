@@ -18,6 +18,7 @@ use crate::status::ClusterStatus;
 pub const STATUS_PATH: &str = "/kvs/status";
 pub const FAIL_PATH: &str = "/kvs/fault/fail";
 pub const RECOVER_PATH: &str = "/kvs/fault/recover";
+pub const GOSSIP_CRASH_PATH: &str = "/kvs/fault/gossip-crash";
 
 /// Paths a failed node still answers: those that observe it or end its failure, and the
 /// dashboard's static page.
@@ -32,7 +33,8 @@ const ANSWERED_WHILE_FAILED: [&str; 5] = [
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route(STATUS_PATH, web::get().to(status))
         .route(FAIL_PATH, web::post().to(fail))
-        .route(RECOVER_PATH, web::post().to(recover));
+        .route(RECOVER_PATH, web::post().to(recover))
+        .route(GOSSIP_CRASH_PATH, web::post().to(gossip_crash));
 }
 
 /// Holds every other request while the node is failed, unanswered, as a node cut off from
@@ -95,6 +97,18 @@ async fn recover(req: actix_web::HttpRequest, node: web::Data<Arc<Node>>) -> Htt
     }
     match node.fault.recover() {
         Ok(()) => reply::ok(json!({"message": "Node recovered"})),
+        Err(e) => fault_refused(&e),
+    }
+}
+
+/// `POST /kvs/fault/gossip-crash`: stops the gossip task once, as a fatal socket error
+/// would; its supervisor starts a new incarnation (see `membership`).
+async fn gossip_crash(req: actix_web::HttpRequest, node: web::Data<Arc<Node>>) -> HttpResponse {
+    if let Some(refused) = refuse_unless_admin_for(&req, &node, "POST") {
+        return refused;
+    }
+    match node.fault.crash_gossip() {
+        Ok(()) => reply::ok(json!({"message": "Gossip stopped"})),
         Err(e) => fault_refused(&e),
     }
 }

@@ -5,20 +5,24 @@
 //! its view into a plain [`LiveSet`] on a watch channel, so the rest of the node never touches
 //! the gossip library. The administrative view endpoints layer a [`ViewAdmin`] on top.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chitchat::transport::UdpTransport;
 use chitchat::{
-    spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
+    spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
     ProtocolVersion,
 };
 use tokio::sync::watch;
 
+pub mod auth;
+pub mod guard;
 mod seal;
+pub mod transport;
+pub mod wire;
 
 pub use seal::GossipSeal;
+pub use transport::{GossipCounters, GossipStats};
 
 use crate::causal::CausalMetadata;
 use crate::config::Config;
@@ -33,6 +37,9 @@ pub const KEY_APPLIED: &str = "applied";
 pub const KEY_RELAY: &str = "relay";
 /// Gossip key holding what the node reports of itself to operators (see [`crate::status`]).
 pub const KEY_STATS: &str = "stats";
+/// Every key a node publishes. A datagram carrying another is refused ([`guard`]), so a
+/// version of kvs that publishes a new key must come after one that accepts it.
+pub const PUBLISHED_KEYS: [&str; 4] = [KEY_MAP, KEY_APPLIED, KEY_RELAY, KEY_STATS];
 
 /// What one live node advertises.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -128,12 +135,40 @@ impl ViewAdmin {
 }
 
 pub struct Membership {
-    handle: ChitchatHandle,
     me: NodeId,
+    gossip: Arc<Gossip>,
     live: watch::Receiver<LiveSet>,
     relays: watch::Receiver<RelayAddresses>,
     admin: Mutex<ViewAdmin>,
     seal: GossipSeal,
+}
+
+/// The gossip task of the moment: when it stops (chitchat's task ends on a fatal socket
+/// error, or panics), [`supervise`] starts a new incarnation of this node's gossip, and
+/// the node is not live meanwhile.
+struct Gossip {
+    chitchat: RwLock<Arc<tokio::sync::Mutex<Chitchat>>>,
+    /// What this node publishes, sealed: a new incarnation starts with it.
+    published: Mutex<BTreeMap<String, String>>,
+    alive: watch::Sender<bool>,
+    counters: Arc<GossipCounters>,
+}
+
+impl Gossip {
+    fn chitchat(&self) -> Arc<tokio::sync::Mutex<Chitchat>> {
+        self.chitchat
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn published(&self) -> Vec<(String, String)> {
+        let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        published
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
 }
 
 /// Where each node's newest incarnation gossiped that its relay channel listens, live or
@@ -198,19 +233,37 @@ pub async fn await_relay_address(
     None
 }
 
-/// Refreshes the relay addresses from every node state chitchat holds, each gossip round.
+/// Refreshes the relay addresses from every node state chitchat holds, each gossip round,
+/// and tells the gossip guard which incarnations chitchat still holds.
 async fn follow_relay_addresses(
-    chitchat: std::sync::Weak<tokio::sync::Mutex<chitchat::Chitchat>>,
-    tx: watch::Sender<RelayAddresses>,
+    chitchat: std::sync::Weak<tokio::sync::Mutex<Chitchat>>,
+    tx: Arc<watch::Sender<RelayAddresses>>,
     interval: Duration,
     seal: GossipSeal,
+    known: Arc<Mutex<guard::Known>>,
+    counters: Arc<GossipCounters>,
 ) {
     loop {
         let Some(chitchat) = chitchat.upgrade() else {
             return;
         };
-        let addresses = RelayAddresses::from_states(chitchat.lock().await.node_states(), &seal);
+        let (addresses, held) = {
+            let chitchat = chitchat.lock().await;
+            let states = chitchat.node_states();
+            let held: HashSet<(String, u64)> = states
+                .keys()
+                .map(|id| (id.node_id.to_string(), id.generation_id))
+                .collect();
+            (RelayAddresses::from_states(states, &seal), held)
+        };
         drop(chitchat);
+        counters
+            .node_states
+            .store(held.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .refresh(held);
         tx.send_if_modified(|current| {
             let changed = *current != addresses;
             *current = addresses;
@@ -259,23 +312,177 @@ pub fn gossip_cluster_id(secret: Option<&[u8]>) -> String {
     }
 }
 
+/// The first wait before a stopped gossip task is started again, doubled at every stop
+/// in a row up to [`RESTART_MAX_WAIT`]: a fault that stops it at once must not spin.
+const RESTART_FIRST_WAIT: Duration = Duration::from_millis(200);
+const RESTART_MAX_WAIT: Duration = Duration::from_secs(30);
+/// A gossip task that ran this long before it stopped starts again after the first wait.
+const RESTART_SETTLED: Duration = Duration::from_secs(60);
+
+/// What every incarnation of this node's gossip is started from.
+struct GossipPlan {
+    me: NodeId,
+    advertised: std::net::SocketAddr,
+    cluster_id: String,
+    gossip_interval: Duration,
+    listen_addr: std::net::SocketAddr,
+    seed_nodes: Vec<String>,
+    key: Option<auth::DatagramKey>,
+    faults: crate::fault::GossipFaults,
+    seal: GossipSeal,
+    live_tx: Arc<watch::Sender<LiveSet>>,
+    relays_tx: Arc<watch::Sender<RelayAddresses>>,
+}
+
+impl GossipPlan {
+    fn chitchat_config(&self, generation: u64) -> ChitchatConfig {
+        ChitchatConfig {
+            chitchat_id: ChitchatId::new(self.me.to_string(), generation, self.advertised),
+            cluster_id: self.cluster_id.clone(),
+            gossip_interval: self.gossip_interval,
+            listen_addr: self.listen_addr,
+            seed_nodes: self.seed_nodes.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: 8.0,
+                sampling_window_size: 1000,
+                max_interval: Duration::from_secs(10),
+                // The default (5 s) makes a new peer's first detection about six times slower.
+                initial_interval: self.gossip_interval,
+                dead_node_grace_period: Duration::from_secs(3600),
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V0,
+        }
+    }
+
+    /// Starts an incarnation of this node's gossip, publishing `published`, and the loops
+    /// that follow it (they end with it).
+    async fn spawn(
+        &self,
+        generation: u64,
+        published: Vec<(String, String)>,
+        counters: &Arc<GossipCounters>,
+    ) -> anyhow::Result<ChitchatHandle> {
+        let me = wire::Id {
+            node_id: self.me.to_string(),
+            generation,
+            gossip_addr: self.advertised,
+        };
+        let known = Arc::new(Mutex::new(guard::Known::new(me)));
+        let transport = self.faults.wrap(transport::GuardedTransport {
+            key: self.key.clone(),
+            advertised: self.advertised,
+            known: known.clone(),
+            counters: counters.clone(),
+        });
+        let handle =
+            spawn_chitchat(self.chitchat_config(generation), published, &transport).await?;
+        let watcher = handle.with_chitchat(|c| c.live_nodes_watcher()).await;
+        tokio::spawn(follow_live_nodes(
+            watcher,
+            self.live_tx.clone(),
+            self.me,
+            generation,
+            self.seal.clone(),
+        ));
+        tokio::spawn(follow_relay_addresses(
+            Arc::downgrade(&handle.chitchat()),
+            self.relays_tx.clone(),
+            self.gossip_interval,
+            self.seal.clone(),
+            known,
+            counters.clone(),
+        ));
+        Ok(handle)
+    }
+}
+
+/// A generation after `previous`: the time in milliseconds, as chitchat's examples use.
+fn next_generation(previous: u64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    now.max(previous + 1)
+}
+
+/// Watches the gossip task and starts a new incarnation whenever it stops. Ends when the
+/// membership is dropped.
+async fn supervise(
+    plan: GossipPlan,
+    gossip: std::sync::Weak<Gossip>,
+    mut handle: ChitchatHandle,
+    mut generation: u64,
+) {
+    let mut wait = RESTART_FIRST_WAIT;
+    loop {
+        let started = Instant::now();
+        let why = handle.termination_watcher().await;
+        let Some(gossip) = gossip.upgrade() else {
+            return;
+        };
+        gossip.alive.send_replace(false);
+        gossip
+            .counters
+            .restarts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if started.elapsed() >= RESTART_SETTLED {
+            wait = RESTART_FIRST_WAIT;
+        }
+        let why = why.err().map_or("it ended".to_string(), |e| e.to_string());
+        log::error!(
+            "gossip stopped ({why}): this node is not live; a new incarnation starts in {wait:?}"
+        );
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RESTART_MAX_WAIT);
+            generation = next_generation(generation);
+            match plan
+                .spawn(generation, gossip.published(), &gossip.counters)
+                .await
+            {
+                Ok(next) => {
+                    *gossip.chitchat.write().unwrap_or_else(|p| p.into_inner()) = next.chitchat();
+                    handle = next;
+                    break;
+                }
+                Err(e) => log::error!("gossip could not start again ({e}); next try in {wait:?}"),
+            }
+        }
+        gossip.alive.send_replace(true);
+        log::warn!("gossip started again as incarnation {generation}");
+    }
+}
+
 impl Membership {
-    /// Starts gossiping on the bind address (UDP, same port as HTTP), seeded from `VIEW`.
-    /// `cut_off` silences gossip while it is true (an injected failure, see [`crate::fault`]).
+    /// Starts gossiping on the bind address (UDP, same port as HTTP), seeded from `VIEW`,
+    /// under a supervisor that starts it again if it stops. `faults` can silence or stop
+    /// gossip (an injected failure, see [`crate::fault`]).
     pub async fn start(
         config: &Config,
         initial: Vec<(String, String)>,
-        cut_off: watch::Receiver<bool>,
+        faults: crate::fault::GossipFaults,
     ) -> anyhow::Result<Self> {
         let me = config.socket_address;
-        let generation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let advertised = advertise_address(&me).await?;
-        let chitchat_config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(me.to_string(), generation, advertised),
-            cluster_id: gossip_cluster_id(config.cluster_secret.as_ref().map(|s| s.as_bytes())),
+        let generation = next_generation(0);
+        let secret = config.cluster_secret.as_ref().map(|s| s.as_bytes());
+        let seal = GossipSeal::new(secret);
+        let me_id = me.to_string();
+        let published: BTreeMap<String, String> = initial
+            .into_iter()
+            .map(|(key, value)| {
+                let sealed = seal.seal(&me_id, &key, &value);
+                (key, sealed)
+            })
+            .collect();
+        let (live_tx, live) = watch::channel(LiveSet::default());
+        let (relays_tx, relays) = watch::channel(RelayAddresses::default());
+        let plan = GossipPlan {
+            me,
+            advertised: advertise_address(&me).await?,
+            cluster_id: gossip_cluster_id(secret),
             gossip_interval: config.gossip_interval,
             listen_addr: config.bind_address,
             seed_nodes: config
@@ -284,51 +491,40 @@ impl Membership {
                 .filter(|n| **n != me)
                 .map(ToString::to_string)
                 .collect(),
-            failure_detector_config: FailureDetectorConfig {
-                phi_threshold: 8.0,
-                sampling_window_size: 1000,
-                max_interval: Duration::from_secs(10),
-                // The default (5 s) makes a new peer's first detection about six times slower.
-                initial_interval: config.gossip_interval,
-                dead_node_grace_period: Duration::from_secs(3600),
-            },
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            protocol_version: ProtocolVersion::V0,
+            key: secret.map(auth::DatagramKey::new),
+            faults,
+            seal: seal.clone(),
+            live_tx: Arc::new(live_tx),
+            relays_tx: Arc::new(relays_tx),
         };
-        let seal = GossipSeal::new(config.cluster_secret.as_ref().map(|s| s.as_bytes()));
-        let me_id = me.to_string();
-        let initial = initial
-            .into_iter()
-            .map(|(key, value)| {
-                let sealed = seal.seal(&me_id, &key, &value);
-                (key, sealed)
-            })
-            .collect();
-        let transport = crate::fault::SwitchedTransport {
-            inner: UdpTransport,
-            failed: cut_off,
-        };
-        let handle = spawn_chitchat(chitchat_config, initial, &transport).await?;
-        let (tx, live) = watch::channel(LiveSet::default());
-        let watcher = handle.with_chitchat(|c| c.live_nodes_watcher()).await;
-        tokio::spawn(follow_live_nodes(watcher, tx, me, generation, seal.clone()));
-        let (relays_tx, relays) = watch::channel(RelayAddresses::default());
-        tokio::spawn(follow_relay_addresses(
-            std::sync::Arc::downgrade(&handle.chitchat()),
-            relays_tx,
-            config.gossip_interval,
-            seal.clone(),
-        ));
+        let counters = Arc::new(GossipCounters::default());
+        let initial: Vec<(String, String)> = published.clone().into_iter().collect();
+        let handle = plan.spawn(generation, initial, &counters).await?;
+        let gossip = Arc::new(Gossip {
+            chitchat: RwLock::new(handle.chitchat()),
+            published: Mutex::new(published),
+            alive: watch::channel(true).0,
+            counters,
+        });
+        tokio::spawn(supervise(plan, Arc::downgrade(&gossip), handle, generation));
         Ok(Self {
-            handle,
             me,
+            gossip,
             live,
             relays,
             admin: Mutex::new(ViewAdmin::default()),
             seal,
         })
+    }
+
+    /// Whether this node's gossip task runs (it is being started again otherwise).
+    pub fn gossip_alive(&self) -> bool {
+        *self.gossip.alive.borrow()
+    }
+
+    /// What this node's gossip port did with the datagrams it heard and sent.
+    pub fn counters(&self) -> Arc<GossipCounters> {
+        self.gossip.counters.clone()
     }
 
     pub fn me(&self) -> NodeId {
@@ -390,35 +586,36 @@ impl Membership {
     /// The value every node known to gossip, up or down, last advertised under `key` (its
     /// newest incarnation's, and only if its seal holds).
     pub async fn gossiped(&self, key: &str) -> BTreeMap<NodeId, String> {
-        let seal = self.seal.clone();
-        self.handle
-            .with_chitchat(|c| {
-                let mut newest: BTreeMap<NodeId, (u64, String)> = BTreeMap::new();
-                for (id, state) in c.node_states() {
-                    let Ok(node) = id.node_id.parse::<NodeId>() else {
-                        continue;
-                    };
-                    let Some(value) = state
-                        .get(key)
-                        .and_then(|sealed| seal.open(&id.node_id, key, sealed))
-                    else {
-                        continue;
-                    };
-                    if newest.get(&node).is_none_or(|(g, _)| *g < id.generation_id) {
-                        newest.insert(node, (id.generation_id, value.to_owned()));
-                    }
-                }
-                newest.into_iter().map(|(n, (_, v))| (n, v)).collect()
-            })
-            .await
+        let chitchat = self.gossip.chitchat();
+        let chitchat = chitchat.lock().await;
+        let mut newest: BTreeMap<NodeId, (u64, String)> = BTreeMap::new();
+        for (id, state) in chitchat.node_states() {
+            let Ok(node) = id.node_id.parse::<NodeId>() else {
+                continue;
+            };
+            let Some(value) = state
+                .get(key)
+                .and_then(|sealed| self.seal.open(&id.node_id, key, sealed))
+            else {
+                continue;
+            };
+            if newest.get(&node).is_none_or(|(g, _)| *g < id.generation_id) {
+                newest.insert(node, (id.generation_id, value.to_owned()));
+            }
+        }
+        newest.into_iter().map(|(n, (_, v))| (n, v)).collect()
     }
 
     /// Advertises a key-value pair to every node.
     pub async fn publish(&self, key: &str, value: String) {
         let sealed = self.seal.seal(&self.me.to_string(), key, &value);
-        self.handle
-            .with_chitchat(|c| c.self_node_state().set(key, sealed.clone()))
-            .await;
+        self.gossip
+            .published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_owned(), sealed.clone());
+        let chitchat = self.gossip.chitchat();
+        chitchat.lock().await.self_node_state().set(key, sealed);
     }
 }
 
@@ -426,7 +623,7 @@ impl Membership {
 /// of each node (a restarted node's old generation lingers among chitchat's dead nodes).
 async fn follow_live_nodes(
     mut watcher: watch::Receiver<BTreeMap<ChitchatId, chitchat::NodeState>>,
-    tx: watch::Sender<LiveSet>,
+    tx: Arc<watch::Sender<LiveSet>>,
     me: NodeId,
     generation: u64,
     seal: GossipSeal,

@@ -8,6 +8,7 @@ use actix_web::{web, HttpResponse};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 use super::{describe, METADATA};
+use crate::membership::GossipStats;
 use crate::node::Node;
 use crate::shard::ShardId;
 use crate::NodeId;
@@ -25,6 +26,14 @@ pub const REPLICATION_LAG: &str = "kvs_replication_lag_writes";
 pub const OUTBOX_DEPTH: &str = "kvs_replication_outbox_writes";
 /// Nodes gossip sees alive, this one included.
 pub const LIVE_NODES: &str = "kvs_gossip_live_nodes";
+/// Gossip datagrams, by `direction` and `outcome`.
+pub const GOSSIP_DATAGRAMS: &str = "kvs_gossip_datagrams_total";
+/// Gossip bytes, by `direction`.
+pub const GOSSIP_BYTES: &str = "kvs_gossip_bytes_total";
+/// Times the gossip task stopped and was started again.
+pub const GOSSIP_RESTARTS: &str = "kvs_gossip_restarts_total";
+/// Node incarnations gossip holds state for.
+pub const GOSSIP_NODE_STATES: &str = "kvs_gossip_node_states";
 
 /// `GET /metrics`.
 pub async fn handle(node: web::Data<Arc<Node>>) -> HttpResponse {
@@ -66,6 +75,7 @@ pub struct NodeState {
     pub shard_keys: Option<(ShardId, u64)>,
     pub peers: Vec<PeerState>,
     pub live_nodes: usize,
+    pub gossip: GossipStats,
 }
 
 impl NodeState {
@@ -89,6 +99,7 @@ impl NodeState {
                 .map(|shard| (shard, node.live_key_count_cached())),
             peers,
             live_nodes: node.membership.up_nodes().len(),
+            gossip: node.membership.counters().snapshot(),
         }
     }
 
@@ -127,7 +138,57 @@ impl NodeState {
             gauge(OUTBOX_DEPTH, label(), peer.outbox as f64);
         }
         gauge(LIVE_NODES, Vec::new(), self.live_nodes as f64);
+        self.render_gossip(&recorder);
         recorder.handle().render()
+    }
+
+    fn render_gossip(&self, recorder: &metrics_exporter_prometheus::PrometheusRecorder) {
+        describe(recorder, GOSSIP_DATAGRAMS, "Gossip datagrams: heard (in) by outcome (accepted; unauthenticated: no tag that holds with the cluster secret; replayed: seen before or sent outside the time horizon; malformed: not a chitchat datagram; refused: against the gossip rules or bounds), and sent (out) by outcome (sent; too_large: did not fit once sealed).");
+        describe(
+            recorder,
+            GOSSIP_BYTES,
+            "Gossip bytes heard (in) and sent (out) on the gossip port.",
+        );
+        describe(
+            recorder,
+            GOSSIP_RESTARTS,
+            "Times this node's gossip task stopped and was started again as a new incarnation.",
+        );
+        describe(
+            recorder,
+            GOSSIP_NODE_STATES,
+            "Node incarnations this node's gossip holds state for, live or dead (at most 128).",
+        );
+        let counter = |name: &'static str, labels: Vec<Label>, value: u64| {
+            recorder
+                .register_counter(&Key::from_parts(name, labels), &METADATA)
+                .absolute(value);
+        };
+        let g = &self.gossip;
+        let datagrams = [
+            ("in", "accepted", g.accepted),
+            ("in", "unauthenticated", g.unauthenticated),
+            ("in", "replayed", g.replayed),
+            ("in", "malformed", g.malformed),
+            ("in", "refused", g.refused),
+            ("out", "sent", g.sent),
+            ("out", "too_large", g.too_large),
+        ];
+        for (direction, outcome, value) in datagrams {
+            let labels = vec![
+                Label::from_static_parts("direction", direction),
+                Label::from_static_parts("outcome", outcome),
+            ];
+            counter(GOSSIP_DATAGRAMS, labels, value);
+        }
+        for (direction, value) in [("in", g.bytes_in), ("out", g.bytes_out)] {
+            let labels = vec![Label::from_static_parts("direction", direction)];
+            counter(GOSSIP_BYTES, labels, value);
+        }
+        counter(GOSSIP_RESTARTS, Vec::new(), g.restarts);
+        recorder
+            .register_gauge(&Key::from_parts(GOSSIP_NODE_STATES, Vec::new()), &METADATA)
+            .set(g.node_states as f64);
     }
 }
 
@@ -162,11 +223,13 @@ mod tests {
                 },
             ],
             live_nodes: 3,
+            gossip: GossipStats::default(),
         };
         let page = state.render();
         let samples: Vec<&str> = lines(&page)
             .into_iter()
             .filter(|l| !l.starts_with('#'))
+            .filter(|l| !l.starts_with("kvs_gossip_") || l.starts_with(LIVE_NODES))
             .collect();
         assert_eq!(
             samples,
@@ -192,6 +255,7 @@ mod tests {
             shard_keys: None,
             peers: Vec::new(),
             live_nodes: 1,
+            gossip: GossipStats::default(),
         };
         let page = state.render();
         assert!(!page.contains(SHARD_KEYS), "{page}");
