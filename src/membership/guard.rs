@@ -64,8 +64,6 @@ pub enum Refusal {
     VersionOrder,
     #[error("a delta for this node's own incarnation")]
     OwnState,
-    #[error("it would make this node hold more than {MAX_NODE_STATES} node states")]
-    Full,
 }
 
 /// What the checks need to know of the node: who it is, and which incarnations it
@@ -100,23 +98,32 @@ impl Known {
         self.held.len()
     }
 
-    /// Checks `envelope`; if it passes, records the incarnations it will make chitchat
-    /// hold (a digest entry creates a node state, as a delta's node does not).
-    pub fn admit(&mut self, envelope: &Envelope) -> Result<(), Refusal> {
+    /// Checks `envelope`, and records the incarnations it will make chitchat hold (a
+    /// digest entry creates a node state; a delta's node does not). Past
+    /// [`MAX_NODE_STATES`], the digest entries of incarnations not held are cut: `Ok(Some)`
+    /// gives the digest to send on instead. (Refusing the whole datagram would refuse the
+    /// peer's heartbeats too, and a peer that looks dead is worse than a node it cannot
+    /// tell of.)
+    pub fn admit(&mut self, envelope: &Envelope) -> Result<Option<Vec<DigestEntry>>, Refusal> {
         check(envelope, &self.me)?;
-        let new: HashSet<(String, u64)> = envelope
-            .message
-            .digest()
+        let digest = envelope.message.digest();
+        let key = |e: &DigestEntry| (e.id.node_id.clone(), e.id.generation);
+        let new: HashSet<(String, u64)> = digest
             .iter()
-            .map(|e| (e.id.node_id.clone(), e.id.generation))
-            .filter(|key| !self.held.contains(key))
+            .map(key)
+            .filter(|k| !self.held.contains(k))
             .collect();
-        if self.held.len() + new.len() > MAX_NODE_STATES {
-            return Err(Refusal::Full);
+        if self.held.len() + new.len() <= MAX_NODE_STATES {
+            self.recent.extend(new.iter().cloned());
+            self.held.extend(new);
+            return Ok(None);
         }
-        self.recent.extend(new.iter().cloned());
-        self.held.extend(new);
-        Ok(())
+        let kept = digest
+            .iter()
+            .filter(|e| self.held.contains(&key(e)))
+            .cloned()
+            .collect();
+        Ok(Some(kept))
     }
 }
 
@@ -324,7 +331,10 @@ mod tests {
         ];
         assert_eq!(check(&ack(delta), &me()), Ok(()));
         let mut known = Known::new(me());
-        assert_eq!(known.admit(&syn_ack(vec![entry("10.0.0.2:8080")])), Ok(()));
+        assert_eq!(
+            known.admit(&syn_ack(vec![entry("10.0.0.2:8080")])),
+            Ok(None)
+        );
     }
 
     /// The 118-byte datagram that panicked chitchat: a key at version 10, then a declared
@@ -410,7 +420,8 @@ mod tests {
         assert_eq!(check(&ack(many), &me()), Err(Refusal::TooManyKeyValues));
     }
 
-    /// 800 fake nodes in two datagrams: the first 128 are held, nothing more.
+    /// 800 fake nodes in two datagrams are refused; in datagrams of 64, the first 128 are
+    /// held, and past them the unknown entries are cut from the digests.
     #[test]
     fn node_states_are_bounded_across_datagrams() {
         let fakes: Vec<DigestEntry> = (0..800)
@@ -422,14 +433,16 @@ mod tests {
         );
         let mut known = Known::new(me());
         for chunk in fakes[..MAX_NODE_STATES].chunks(64) {
-            assert_eq!(known.admit(&syn_ack(chunk.to_vec())), Ok(()));
+            assert_eq!(known.admit(&syn_ack(chunk.to_vec())), Ok(None));
         }
+        let mixed = vec![fakes[MAX_NODE_STATES].clone(), fakes[3].clone()];
         assert_eq!(
-            known.admit(&syn_ack(fakes[MAX_NODE_STATES..][..1].to_vec())),
-            Err(Refusal::Full)
+            known.admit(&syn_ack(mixed)),
+            Ok(Some(vec![fakes[3].clone()])),
+            "the unknown entry is cut, the known one kept"
         );
         // Nodes it holds already may still be spoken of.
-        assert_eq!(known.admit(&syn_ack(fakes[..64].to_vec())), Ok(()));
+        assert_eq!(known.admit(&syn_ack(fakes[..64].to_vec())), Ok(None));
         // Once chitchat has forgotten them, there is room again; what was admitted since
         // the last refresh is held over.
         known.refresh(HashSet::new());
@@ -438,7 +451,7 @@ mod tests {
         assert_eq!(known.held(), 0);
         assert_eq!(
             known.admit(&syn_ack(fakes[MAX_NODE_STATES..][..1].to_vec())),
-            Ok(())
+            Ok(None)
         );
     }
 }

@@ -53,6 +53,8 @@ pub struct GossipCounters {
     pub malformed: AtomicU64,
     /// Decoded, but against [`super::guard`]'s rules.
     pub refused: AtomicU64,
+    /// Heard with the digest entries of unknown nodes cut (the node holds its bound).
+    pub cut: AtomicU64,
     pub sent: AtomicU64,
     /// Chitchat's datagram plus the seal would not fit in one UDP datagram.
     pub too_large: AtomicU64,
@@ -72,6 +74,7 @@ pub struct GossipStats {
     pub replayed: u64,
     pub malformed: u64,
     pub refused: u64,
+    pub cut: u64,
     pub sent: u64,
     pub too_large: u64,
     pub bytes_in: u64,
@@ -89,6 +92,7 @@ impl GossipCounters {
             replayed: get(&self.replayed),
             malformed: get(&self.malformed),
             refused: get(&self.refused),
+            cut: get(&self.cut),
             sent: get(&self.sent),
             too_large: get(&self.too_large),
             bytes_in: get(&self.bytes_in),
@@ -347,16 +351,19 @@ impl GuardedSocket {
                 return;
             }
         };
-        if let Err(e) = self.check(&payload) {
-            let counter = match e {
-                Checked::Malformed(_) => &self.counters.malformed,
-                Checked::Refused(_) => &self.counters.refused,
-            };
-            if count(counter) {
-                log::warn!("gossip datagram from {from} refused: {e}");
+        let payload = match self.check(payload) {
+            Ok(payload) => payload,
+            Err(e) => {
+                let counter = match e {
+                    Checked::Malformed(_) => &self.counters.malformed,
+                    Checked::Refused(_) => &self.counters.refused,
+                };
+                if count(counter) {
+                    log::warn!("gossip datagram from {from} refused: {e}");
+                }
+                return;
             }
-            return;
-        }
+        };
         let relay = match self.relays.of(from).await {
             Ok(relay) => relay,
             Err(e) => {
@@ -385,10 +392,23 @@ impl GuardedSocket {
         Ok(payload.to_vec())
     }
 
-    fn check(&self, payload: &[u8]) -> Result<(), Checked> {
-        let envelope = wire::decode(payload).map_err(Checked::Malformed)?;
+    /// The datagram chitchat is to hear: `payload` if it passes as it is, or with the
+    /// digest entries cut that would take the node past its bound.
+    fn check(&self, payload: Vec<u8>) -> Result<Vec<u8>, Checked> {
+        let (envelope, digest_end) = wire::decode_split(&payload).map_err(Checked::Malformed)?;
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        known.admit(&envelope).map_err(Checked::Refused)
+        match known.admit(&envelope).map_err(Checked::Refused)? {
+            None => Ok(payload),
+            Some(kept) => {
+                if count(&self.counters.cut) {
+                    log::warn!(
+                        "gossip holds {} node states, its bound: unknown nodes cut from a digest",
+                        known.held()
+                    );
+                }
+                Ok(wire::with_digest(&payload, digest_end, &kept))
+            }
+        }
     }
 }
 
@@ -398,4 +418,78 @@ enum Checked {
     Malformed(wire::WireError),
     #[error("{0}")]
     Refused(Refusal),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::wire::{DigestEntry, Envelope, Id, Message, Op};
+
+    /// What our encoder writes, chitchat's own decoder reads: sent to chitchat's socket,
+    /// each datagram comes out as an envelope (a datagram it cannot decode, it skips).
+    #[tokio::test]
+    async fn chitchat_decodes_what_we_encode() {
+        let mut chitchat = ChitchatSocket::open("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let to = chitchat.local_addr().unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let id = Id {
+            node_id: "kvs-0.kvs:8080".into(),
+            generation: 1_796_000_000_000,
+            gossip_addr: "127.0.0.9:8080".parse().unwrap(),
+        };
+        let digest = vec![DigestEntry {
+            id: id.clone(),
+            heartbeat: 40,
+            last_gc_version: 0,
+            max_version: 12,
+        }];
+        let delta = vec![
+            Op::Node {
+                id,
+                last_gc_version: 0,
+                from_version_excluded: 3,
+            },
+            Op::KeyValue {
+                key: "map".into(),
+                value: "{\"epoch\":4}".into(),
+                version: 12,
+                status: 0,
+            },
+        ];
+        for version in [0, 1] {
+            let envelopes = [
+                Message::Syn {
+                    digest: digest.clone(),
+                    cluster_id: "kvs".into(),
+                },
+                Message::SynAck {
+                    digest: digest.clone(),
+                    delta: delta.clone(),
+                },
+                Message::Ack {
+                    delta: delta.clone(),
+                },
+                Message::BadCluster,
+            ];
+            for message in envelopes {
+                let bytes = wire::encode(&Envelope { version, message });
+                sender.send_to(&bytes, to).await.unwrap();
+                let heard = tokio::time::timeout(Duration::from_secs(5), chitchat.recv())
+                    .await
+                    .expect("chitchat decoded the datagram")
+                    .unwrap();
+                assert_eq!(heard.num_bytes_received, bytes.len());
+                let seen = format!("{:?}", heard.envelope);
+                for part in ["kvs-0.kvs:8080", "1796000000000", "127.0.0.9:8080"] {
+                    let has_digest = !matches!(
+                        heard.envelope.message,
+                        chitchat::ChitchatMessage::BadCluster
+                    );
+                    assert!(!has_digest || seen.contains(part), "{part} not in {seen}");
+                }
+            }
+        }
+    }
 }

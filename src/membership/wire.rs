@@ -155,7 +155,17 @@ impl Message {
 
 /// Decodes one datagram, all of it: bytes after the message are an error.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, WireError> {
+    decode_split(bytes).map(|(envelope, _)| envelope)
+}
+
+/// Where a datagram's digest ends: what follows it (a delta, or a cluster id) can be kept
+/// byte for byte when the digest is replaced ([`with_digest`]).
+pub type DigestEnd = usize;
+
+/// [`decode`], and where the digest ends (0 for a message without one).
+pub fn decode_split(bytes: &[u8]) -> Result<(Envelope, DigestEnd), WireError> {
     let mut r = Reader { buf: bytes };
+    let mut digest_end = 0;
     if r.u16()? != MAGIC {
         return Err(WireError::Magic);
     }
@@ -167,11 +177,13 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, WireError> {
     let message = match r.u8()? {
         SYN => {
             let digest = read_digest(&mut r, version, &mut budget)?;
+            digest_end = bytes.len() - r.buf.len();
             let cluster_id = r.string()?;
             Message::Syn { digest, cluster_id }
         }
         SYN_ACK => {
             let digest = read_digest(&mut r, version, &mut budget)?;
+            digest_end = bytes.len() - r.buf.len();
             let delta = read_delta(&mut r, &mut budget)?;
             Message::SynAck { digest, delta }
         }
@@ -182,9 +194,19 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, WireError> {
         other => return Err(WireError::MessageType(other)),
     };
     match r.buf.len() {
-        0 => Ok(Envelope { version, message }),
+        0 => Ok((Envelope { version, message }, digest_end)),
         n => Err(WireError::Trailing(n)),
     }
+}
+
+/// The datagram `bytes` (a `Syn` or `SynAck` whose digest ends at `digest_end`) with
+/// `digest` in place of its own, and the rest of it unchanged.
+pub fn with_digest(bytes: &[u8], digest_end: DigestEnd, digest: &[DigestEntry]) -> Vec<u8> {
+    const HEADER: usize = 4;
+    let mut out = bytes[..HEADER].to_vec();
+    write_digest(&mut out, bytes[2], digest);
+    out.extend_from_slice(&bytes[digest_end..]);
+    out
 }
 
 /// Encodes a message as chitchat would read it (block streams as plain blocks).
@@ -528,6 +550,26 @@ mod tests {
     fn encoded_messages_decode_unchanged() {
         for envelope in sample() {
             assert_eq!(decode(&encode(&envelope)), Ok(envelope));
+        }
+    }
+
+    #[test]
+    fn a_digest_is_replaced_and_the_rest_kept() {
+        for envelope in sample() {
+            let bytes = encode(&envelope);
+            let (decoded, end) = decode_split(&bytes).unwrap();
+            let digest = decoded.message.digest();
+            if digest.is_empty() {
+                continue;
+            }
+            let shorter = with_digest(&bytes, end, &[]);
+            let mut expected = envelope.clone();
+            match &mut expected.message {
+                Message::Syn { digest, .. } | Message::SynAck { digest, .. } => digest.clear(),
+                _ => unreachable!(),
+            }
+            assert_eq!(decode(&shorter), Ok(expected));
+            assert_eq!(with_digest(&bytes, end, digest), bytes);
         }
     }
 

@@ -143,7 +143,7 @@ impl NodeState {
     }
 
     fn render_gossip(&self, recorder: &metrics_exporter_prometheus::PrometheusRecorder) {
-        describe(recorder, GOSSIP_DATAGRAMS, "Gossip datagrams: heard (in) by outcome (accepted; unauthenticated: no tag that holds with the cluster secret; replayed: seen before or sent outside the time horizon; malformed: not a chitchat datagram; refused: against the gossip rules or bounds), and sent (out) by outcome (sent; too_large: did not fit once sealed).");
+        describe(recorder, GOSSIP_DATAGRAMS, "Gossip datagrams: heard (in) by outcome (accepted; unauthenticated: no tag that holds with the cluster secret; replayed: seen before or sent outside the time horizon; malformed: not a chitchat datagram; refused: against the gossip rules or bounds; cut: heard with the digest entries of unknown nodes cut, the node holding its bound of node states), and sent (out) by outcome (sent; too_large: did not fit once sealed).");
         describe(
             recorder,
             GOSSIP_BYTES,
@@ -171,6 +171,7 @@ impl NodeState {
             ("in", "replayed", g.replayed),
             ("in", "malformed", g.malformed),
             ("in", "refused", g.refused),
+            ("in", "cut", g.cut),
             ("out", "sent", g.sent),
             ("out", "too_large", g.too_large),
         ];

@@ -14,6 +14,7 @@
 
 #![allow(dead_code)]
 
+pub mod gossip;
 pub mod netns;
 
 use serde_json::{json, Value};
@@ -147,7 +148,8 @@ fn spawn_process(env: &[(String, String)], log_path: &Path) -> Child {
         "==== kvs test harness: starting node, env {env:?} ===="
     );
     let err = log.try_clone().expect("clone log file handle");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvs"));
+    let binary = node_binary();
+    let mut cmd = Command::new(&binary);
     for var in [
         "SOCKET_ADDRESS",
         "BIND_ADDRESS",
@@ -162,7 +164,13 @@ fn spawn_process(env: &[(String, String)], log_path: &Path) -> Child {
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(err));
     cmd.spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", env!("CARGO_BIN_EXE_kvs")))
+        .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"))
+}
+
+/// The node binary the tests start: this build's, or `KVS_TEST_BINARY` (to run a test
+/// against another build, an earlier commit's say, and see it fail there).
+pub fn node_binary() -> String {
+    std::env::var("KVS_TEST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kvs").to_string())
 }
 
 fn send_signal(pid: u32, signal: &str) {
@@ -741,6 +749,10 @@ pub async fn get(url: &str, body: Option<Value>) -> (u16, Value) {
 
 pub async fn put(url: &str, body: Value) -> (u16, Value) {
     request(reqwest::Method::PUT, url, Body::Json(&body)).await
+}
+
+pub async fn post(url: &str, body: Value) -> (u16, Value) {
+    request(reqwest::Method::POST, url, Body::Json(&body)).await
 }
 
 pub async fn delete(url: &str, body: Value) -> (u16, Value) {
