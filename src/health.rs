@@ -3,10 +3,12 @@
 //! a Docker `HEALTHCHECK` or a Kubernetes probe runs in an image that has no shell and no
 //! curl.
 //!
-//! Live: the process serves HTTP. Ready: the node has a shard map and, if it is a member of
-//! a shard, holds that shard's data (it has copied it since it started or joined, see
-//! `LocalReplica::is_synced`), so it answers requests without a 503 for want of data. A
-//! node in no shard is ready once it has a map: it serves every key by forwarding.
+//! Live: the process serves HTTP and its gossip task runs (a node whose gossip stopped drops
+//! out of every view while it still serves). Ready: it is live, has a shard map and, if it
+//! is a member of a shard, holds that shard's data (it has copied it since it started or
+//! joined, see `LocalReplica::is_synced`), so it answers requests without a 503 for want
+//! of data. A node in no shard is ready once it has a map: it serves every key by
+//! forwarding.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -40,6 +42,8 @@ impl Readiness {
         let shard = map.shard_of(&node.me);
         let waiting_for = if node.fault.is_failed() {
             Some("the end of an injected failure (POST /kvs/fault/recover)")
+        } else if !node.membership.gossip_alive() {
+            Some("gossip, which stopped and is being started again")
         } else if map.shards.is_empty() {
             Some("a shard map (from SHARD_COUNT, the other nodes of VIEW, or an administrator)")
         } else if shard.is_some() && !node.local.is_synced() {

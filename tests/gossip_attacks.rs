@@ -279,6 +279,8 @@ async fn a_stopped_gossip_task_is_started_again() {
     })
     .await;
     assert!(not_live.is_some(), "a node without gossip answered live");
+    let (status, body) = get(&c.url(0, "/kvs/health/ready"), None).await;
+    assert_eq!(status, 503, "a node without gossip answered ready: {body}");
     assert!(metric(&c, 0, "kvs_gossip_restarts_total").await >= 1);
     drop(holder);
     let live = poll_until(Duration::from_secs(40), POLL_INTERVAL, || async {
