@@ -1,7 +1,7 @@
 //! A soak of the gossip port: a 6-node store with a cluster secret, under a steady writer,
 //! while a hostile sender loops over every attack datagram of `gossip_attacks.rs`, random
-//! mutations of real gossip captured from the store (sealed and unsealed), replays, and
-//! junk. Passes when no node ever leaves any view, every acknowledged write reads back,
+//! mutations of real gossip captured from the store (sealed and unsealed), replays (to the
+//! node a datagram was sealed for, and to others), and junk. Passes when no node ever leaves any view, every acknowledged write reads back,
 //! and the nodes' gossip traffic stays within twice its quiet rate.
 //!
 //! `SOAK_SECONDS` (default 300) is the attack's length, `SOAK_SEED` replays a run (the seed
@@ -133,15 +133,19 @@ async fn watch_views(c: Arc<Cluster>, stop: Arc<AtomicBool>) -> (u64, Option<Str
 struct Captured {
     datagrams: Vec<(Vec<u8>, Vec<u8>)>,
     ids: Vec<(Id, u64)>,
+    /// The member's own sealed requests, with the node each was sealed for: sent there
+    /// again, each is a replay.
+    requests: Vec<(Vec<u8>, SocketAddr)>,
 }
 
 async fn capture(c: &Cluster, member: &mut Peer) -> Captured {
     let mut datagrams = Vec::new();
     let mut ids = Vec::new();
+    let mut requests = Vec::new();
     for i in 0..c.len() {
         let to = SocketAddr::V4(c.addr(i));
         member.drain().await;
-        member.send(&empty_syn_ack(), to).await;
+        requests.push((member.send(&empty_syn_ack(), to).await, to));
         if let Some((raw, payload)) = member.answer_raw(ANSWER_WAIT).await {
             if let Ok(envelope) = kvs::membership::wire::decode(&payload) {
                 ids.extend(node_versions(envelope.message.delta()));
@@ -150,7 +154,11 @@ async fn capture(c: &Cluster, member: &mut Peer) -> Captured {
         }
     }
     assert!(!datagrams.is_empty(), "no node answered a member");
-    Captured { datagrams, ids }
+    Captured {
+        datagrams,
+        ids,
+        requests,
+    }
 }
 
 /// `bytes` with a few random bits flipped, cut short, or with junk after it.
@@ -169,8 +177,16 @@ fn mutate(bytes: &[u8], rng: &mut StdRng) -> Vec<u8> {
     out
 }
 
-/// One hostile datagram, chosen at random.
-fn hostile(captured: &Captured, rng: &mut StdRng, me: SocketAddr) -> Vec<u8> {
+/// One hostile datagram, chosen at random, and where to send it (`None`: any node).
+fn hostile(captured: &Captured, rng: &mut StdRng, me: SocketAddr) -> (Vec<u8>, Option<SocketAddr>) {
+    if rng.gen_range(0..13) == 0 {
+        let (request, to) = &captured.requests[rng.gen_range(0..captured.requests.len())];
+        return (request.clone(), Some(*to));
+    }
+    (hostile_anywhere(captured, rng, me), None)
+}
+
+fn hostile_anywhere(captured: &Captured, rng: &mut StdRng, me: SocketAddr) -> Vec<u8> {
     let (victim, max) = &captured.ids[rng.gen_range(0..captured.ids.len())];
     let (raw, payload) = &captured.datagrams[rng.gen_range(0..captured.datagrams.len())];
     match rng.gen_range(0..12) {
@@ -213,8 +229,8 @@ async fn attack(c: Arc<Cluster>, seed: u64, until: Instant, sent: Arc<AtomicU64>
             captured_at = Instant::now();
         }
         for _ in 0..BURST {
-            let datagram = hostile(&captured, &mut rng, me);
-            let to = SocketAddr::V4(c.addr(rng.gen_range(0..c.len())));
+            let (datagram, to) = hostile(&captured, &mut rng, me);
+            let to = to.unwrap_or_else(|| SocketAddr::V4(c.addr(rng.gen_range(0..c.len()))));
             let _ = outsider.socket.send_to(&datagram, to).await;
             sent.fetch_add(1, Ordering::Relaxed);
         }
@@ -345,5 +361,9 @@ async fn gossip_holds_under_a_hostile_sender() {
         loud.1
     );
     assert!(acked.len() > 10, "the writer hardly wrote: {}", acked.len());
+    assert!(
+        heard["replayed"] > 0,
+        "the control: replays reached the nodes: {heard:?}"
+    );
     c.assert_running();
 }
