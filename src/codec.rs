@@ -28,7 +28,13 @@ pub fn put_addr(out: &mut Vec<u8>, node: &NodeId) {
             return;
         }
     };
-    match addr.ip() {
+    put_ip(out, addr.ip());
+    out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
+/// An IP address as `4` or `6` and its octets (chitchat's gossip writes the same form).
+pub fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
         IpAddr::V4(ip) => {
             out.push(4);
             out.extend_from_slice(&ip.octets());
@@ -38,7 +44,6 @@ pub fn put_addr(out: &mut Vec<u8>, node: &NodeId) {
             out.extend_from_slice(&ip.octets());
         }
     }
-    out.extend_from_slice(&addr.port().to_be_bytes());
 }
 
 /// Reads an identity at the start of `bytes`; returns it and the bytes it took.

@@ -243,7 +243,7 @@ impl<'a> Reader<'a> {
         }
         let era = self.varint()?;
         let count = self.varint()?;
-        if count > MAX_ENTRIES {
+        if count > MAX_ENTRIES || era > super::MAX_COUNTER {
             return Err(InvalidMetadata);
         }
         let mut clock = VectorClock::new();
@@ -251,8 +251,10 @@ impl<'a> Reader<'a> {
         for _ in 0..count {
             let addr = self.addr()?;
             let counter = self.varint()?;
-            // Canonical form: strictly ascending addresses, no zero counters.
-            if counter == 0 || previous.is_some_and(|p| p >= addr) {
+            // Canonical form: strictly ascending addresses, no zero counters, none that no
+            // node ever issues.
+            let impossible = counter == 0 || counter > super::MAX_COUNTER;
+            if impossible || previous.is_some_and(|p| p >= addr) {
                 return Err(InvalidMetadata);
             }
             previous = Some(addr);
@@ -315,6 +317,18 @@ mod tests {
                 "{forged}"
             );
         }
+    }
+
+    /// A token minted with a counter or era no node issues (here `u64::MAX`, one write
+    /// short of wrapping) is refused, as a forged one is.
+    #[test]
+    fn rejects_counters_no_node_issues() {
+        let mut clock = VectorClock::new();
+        clock.set("10.0.0.2:8080".parse().unwrap(), u64::MAX);
+        let token = CausalMetadata::new(2, clock).encode();
+        assert_eq!(CausalMetadata::decode(&token), Err(InvalidMetadata));
+        let token = CausalMetadata::new(u64::MAX, VectorClock::new()).encode();
+        assert_eq!(CausalMetadata::decode(&token), Err(InvalidMetadata));
     }
 
     #[test]
@@ -448,7 +462,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn any_clock_round_trips(era in 0u64..1_000_000, entries in proptest::collection::btree_map((any::<[u8;4]>(), any::<u16>()), 1u64..u64::MAX, 0..12)) {
+        fn any_clock_round_trips(era in 0u64..1_000_000, entries in proptest::collection::btree_map((any::<[u8;4]>(), any::<u16>()), 1u64..=crate::causal::MAX_COUNTER, 0..12)) {
             let clock = entries.into_iter().map(|((ip, port), v)| (NodeId::from(std::net::SocketAddr::from((ip, port))), v)).collect();
             let m = CausalMetadata::new(era, clock);
             prop_assert_eq!(CausalMetadata::decode(&m.encode()), Ok(m));

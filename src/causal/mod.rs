@@ -7,4 +7,4 @@ mod replica;
 
 pub use clock::VectorClock;
 pub use metadata::{key_tokens_with, CausalMetadata, InvalidMetadata, TokenKey};
-pub use replica::{Admission, Readiness, Replica, Stamp};
+pub use replica::{Admission, Readiness, Replica, Stamp, MAX_COUNTER};

@@ -37,6 +37,13 @@ pub enum Readiness {
     FutureEra(u64),
 }
 
+/// The highest Lamport time, sequence number or era a replica takes from anyone else. A
+/// node stamps at most a few hundred thousand writes a second, so 2^62 is millennia away;
+/// a stamp or clock beyond it comes from a faulty or malicious peer (or disk), and taking
+/// it in would make the next local write's counter wrap. Such a write is refused, such a
+/// clock entry ignored.
+pub const MAX_COUNTER: u64 = 1 << 62;
+
 /// What to do with a write replicated from a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -47,6 +54,8 @@ pub enum Admission {
     Stale,
     /// An earlier write of the same origin, or a dependency, is missing.
     Blocked,
+    /// A counter beyond [`MAX_COUNTER`]: never applied.
+    Refused,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +133,7 @@ impl Replica {
     /// they never saw. A later write here still supersedes an earlier one: the Lamport time
     /// in the stamp orders them.
     pub fn stamp_local_write(&mut self, deps: &CausalMetadata) -> (Stamp, CausalMetadata) {
+        debug_assert!(self.own_seq() <= MAX_COUNTER && self.lamport <= MAX_COUNTER);
         let seq = self.own_seq() + 1;
         self.applied.set(self.me, seq);
         self.lamport += 1;
@@ -151,6 +161,9 @@ impl Replica {
         clock: &VectorClock,
         in_shard: impl Fn(&NodeId) -> bool,
     ) -> Admission {
+        if stamp.lamport > MAX_COUNTER || stamp.seq > MAX_COUNTER || stamp.era > MAX_COUNTER {
+            return Admission::Refused;
+        }
         if stamp.era < self.era {
             return Admission::Stale;
         }
@@ -177,15 +190,32 @@ impl Replica {
 
     /// Records a write admitted with [`Admission::Apply`].
     pub fn record_applied(&mut self, stamp: &Stamp) {
+        debug_assert_eq!(stamp.seq, self.applied.get(&stamp.origin) + 1, "in order");
+        debug_assert!(stamp.lamport <= MAX_COUNTER);
         self.applied.set(stamp.origin, stamp.seq);
         self.lamport = self.lamport.max(stamp.lamport);
     }
 
     /// Takes in a peer's state after merging a snapshot of its data taken no earlier than
     /// `applied` was read: the union of two causally closed sets is causally closed.
+    /// Entries and a Lamport time beyond [`MAX_COUNTER`] are ignored (logged).
     pub fn absorb(&mut self, applied: &VectorClock, lamport: u64) {
-        self.applied.merge(applied);
-        self.lamport = self.lamport.max(lamport);
+        let sane = applied.iter().all(|(_, &v)| v <= MAX_COUNTER);
+        if sane {
+            self.applied.merge(applied);
+        } else {
+            log::warn!("ignored a clock with a counter beyond {MAX_COUNTER}: {applied:?}");
+            for (node, &v) in applied.iter().filter(|(_, &v)| v <= MAX_COUNTER) {
+                if v > self.applied.get(node) {
+                    self.applied.set(*node, v);
+                }
+            }
+        }
+        if lamport <= MAX_COUNTER {
+            self.lamport = self.lamport.max(lamport);
+        } else {
+            log::warn!("ignored a Lamport time beyond {MAX_COUNTER}: {lamport}");
+        }
     }
 
     /// Enters a new era after a reshard: counters restart, Lamport time carries on.
@@ -298,5 +328,43 @@ mod tests {
         assert_eq!(r.applied().get(&n(2)), 4);
         assert_eq!(r.own_seq(), 2);
         assert_eq!(r.lamport(), 9);
+    }
+
+    /// A faulty or malicious peer's counters near `u64::MAX`: the write is refused, the
+    /// clock entry and Lamport time ignored, and the next local write stamps without a
+    /// wrap (before, `stamp_local_write` overflowed).
+    #[test]
+    fn counters_near_u64_max_are_refused() {
+        let me: NodeId = "10.0.0.1:8080".parse().unwrap();
+        let peer: NodeId = "10.0.0.2:8080".parse().unwrap();
+        let mut r = Replica::new(me, 0);
+        let huge = Stamp {
+            era: 0,
+            lamport: u64::MAX,
+            origin: peer,
+            seq: 1,
+        };
+        assert_eq!(
+            r.admit(&huge, &VectorClock::new(), |_| true),
+            Admission::Refused
+        );
+        let seq_huge = Stamp {
+            lamport: 1,
+            seq: u64::MAX,
+            ..huge
+        };
+        assert_eq!(
+            r.admit(&seq_huge, &VectorClock::new(), |_| true),
+            Admission::Refused
+        );
+        let mut clock = VectorClock::new();
+        clock.set(me, u64::MAX);
+        clock.set(peer, 7);
+        r.absorb(&clock, u64::MAX);
+        assert_eq!(r.applied().get(&peer), 7, "the sane entry is taken");
+        assert_eq!(r.own_seq(), 0);
+        assert_eq!(r.lamport(), 0);
+        let (stamp, _) = r.stamp_local_write(&CausalMetadata::default());
+        assert_eq!((stamp.seq, stamp.lamport), (1, 1));
     }
 }

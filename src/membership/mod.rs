@@ -94,6 +94,22 @@ impl ViewAdmin {
         }
     }
 
+    /// Live nodes, less those an administrator removed.
+    pub fn up(&mut self, live: &LiveSet) -> BTreeSet<NodeId> {
+        self.settle(live);
+        live.nodes
+            .iter()
+            .filter(|(n, s)| self.removed.get(n) != Some(&s.generation))
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    pub fn is_up(&self, live: &LiveSet, node: &NodeId) -> bool {
+        live.nodes
+            .get(node)
+            .is_some_and(|s| self.removed.get(node) != Some(&s.generation))
+    }
+
     pub fn view(&mut self, live: &LiveSet, now: Instant) -> BTreeSet<NodeId> {
         self.settle(live);
         let mut view: BTreeSet<NodeId> = live
@@ -139,8 +155,26 @@ pub struct Membership {
     gossip: Arc<Gossip>,
     live: watch::Receiver<LiveSet>,
     relays: watch::Receiver<RelayAddresses>,
-    admin: Mutex<ViewAdmin>,
+    view_state: ViewState,
     seal: GossipSeal,
+}
+
+/// The live set and an administrator's changes to it, behind two locks: the `admin` mutex
+/// and the live set's watch lock (a read lock that gossip's follower takes to write).
+/// Lock order: `admin`, then the live set. [`ViewState::with`] is the only place that takes
+/// both, so no caller can take them the other way (which, with a writer of the live set
+/// waiting between them, deadlocked: `tests::the_view_s_locks_are_taken_in_one_order`).
+struct ViewState {
+    live: watch::Receiver<LiveSet>,
+    admin: Mutex<ViewAdmin>,
+}
+
+impl ViewState {
+    fn with<T>(&self, f: impl FnOnce(&mut ViewAdmin, &LiveSet) -> T) -> T {
+        let mut admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let live = self.live.borrow();
+        f(&mut admin, &live)
+    }
 }
 
 /// The gossip task of the moment: when it stops (chitchat's task ends on a fatal socket
@@ -510,9 +544,12 @@ impl Membership {
         Ok(Self {
             me,
             gossip,
+            view_state: ViewState {
+                live: live.clone(),
+                admin: Mutex::new(ViewAdmin::default()),
+            },
             live,
             relays,
-            admin: Mutex::new(ViewAdmin::default()),
             seal,
         })
     }
@@ -541,25 +578,11 @@ impl Membership {
 
     /// Live nodes, less those an administrator removed.
     pub fn up_nodes(&self) -> BTreeSet<NodeId> {
-        let live = self.live.borrow();
-        let mut admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-        admin.settle(&live);
-        live.nodes
-            .iter()
-            .filter(|(n, s)| admin.removed.get(n) != Some(&s.generation))
-            .map(|(n, _)| *n)
-            .collect()
+        self.view_state.with(|admin, live| admin.up(live))
     }
 
     pub fn is_up(&self, node: &NodeId) -> bool {
-        if *node == self.me {
-            return true;
-        }
-        let live = self.live.borrow();
-        let admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-        live.nodes
-            .get(node)
-            .is_some_and(|s| admin.removed.get(node) != Some(&s.generation))
+        *node == self.me || self.view_state.with(|admin, live| admin.is_up(live, node))
     }
 
     /// The relay addresses as gossip tells them, for [`crate::peer::RelayPeers`].
@@ -569,18 +592,18 @@ impl Membership {
 
     /// The view as the view endpoints report it.
     pub fn view(&self) -> BTreeSet<NodeId> {
-        let mut admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-        admin.view(&self.live.borrow(), Instant::now())
+        self.view_state
+            .with(|admin, live| admin.view(live, Instant::now()))
     }
 
     pub fn add_to_view(&self, node: NodeId) -> Result<(), KvsError> {
-        let mut admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-        admin.add(&self.live.borrow(), node, Instant::now())
+        self.view_state
+            .with(|admin, live| admin.add(live, node, Instant::now()))
     }
 
     pub fn remove_from_view(&self, node: NodeId) -> Result<(), KvsError> {
-        let mut admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-        admin.remove(&self.live.borrow(), node, Instant::now())
+        self.view_state
+            .with(|admin, live| admin.remove(live, node, Instant::now()))
     }
 
     /// The value every node known to gossip, up or down, last advertised under `key` (its
@@ -705,6 +728,52 @@ mod tests {
                     )
                 })
                 .collect(),
+        }
+    }
+
+    /// Every path that takes the view's two locks, hammered from threads while the live set
+    /// changes: with the old order (the live set first in `up_nodes`/`is_up`, `admin` first
+    /// in `view`/`add`/`remove`) a writer waiting on the live set could lock them all.
+    #[test]
+    fn the_view_s_locks_are_taken_in_one_order() {
+        let (tx, rx) = watch::channel(live(&[(1, 1), (2, 1)]));
+        let state = std::sync::Arc::new(ViewState {
+            live: rx,
+            admin: Mutex::new(ViewAdmin::default()),
+        });
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::new();
+        for kind in 0..4 {
+            let (state, done_tx) = (state.clone(), done_tx.clone());
+            threads.push(std::thread::spawn(move || {
+                while Instant::now() < deadline {
+                    match kind {
+                        0 => drop(state.with(|a, l| a.up(l))),
+                        1 => drop(state.with(|a, l| a.is_up(l, &n(2)))),
+                        2 => drop(state.with(|a, l| a.view(l, Instant::now()))),
+                        _ => {
+                            let _ = state.with(|a, l| a.remove(l, n(2), Instant::now()));
+                            let _ = state.with(|a, l| a.add(l, n(2), Instant::now()));
+                        }
+                    }
+                }
+                done_tx.send(()).unwrap();
+            }));
+        }
+        threads.push(std::thread::spawn(move || {
+            let mut generation = 1;
+            while Instant::now() < deadline {
+                generation += 1;
+                tx.send_replace(live(&[(1, 1), (2, generation)]));
+            }
+            done_tx.send(()).unwrap();
+        }));
+        // A deadlocked thread never ends: the test fails rather than waits for it.
+        for _ in 0..threads.len() {
+            done_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a thread is stuck on the view's locks");
         }
     }
 

@@ -393,16 +393,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 fn put_id(out: &mut Vec<u8>, id: &Id) {
     put_str(out, &id.node_id);
     out.extend_from_slice(&id.generation.to_le_bytes());
-    match id.gossip_addr.ip() {
-        IpAddr::V4(ip) => {
-            out.push(4);
-            out.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            out.push(6);
-            out.extend_from_slice(&ip.octets());
-        }
-    }
+    crate::codec::put_ip(out, id.gossip_addr.ip());
     out.extend_from_slice(&id.gossip_addr.port().to_le_bytes());
 }
 

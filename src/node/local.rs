@@ -267,6 +267,18 @@ impl LocalReplica {
                         blocked = true;
                         break;
                     }
+                    // Its origin's later writes cannot apply without it: the stream from
+                    // that origin stops here, and its lag shows in /metrics.
+                    Admission::Refused => {
+                        log::warn!(
+                            "refused a write from {} with a counter beyond {}: {:?}",
+                            batch.origin,
+                            crate::causal::MAX_COUNTER,
+                            record.entry.stamp
+                        );
+                        blocked = true;
+                        break;
+                    }
                 }
             }
         } else {
