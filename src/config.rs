@@ -59,6 +59,10 @@ pub struct Args {
     /// Lower it when several nodes share a host's cores.
     #[arg(long, env = "KVS_WORKERS", default_value_t = 2)]
     pub workers: usize,
+    /// The most client connections the HTTP port holds at once; past it, new connections
+    /// wait in the listen backlog until one closes.
+    #[arg(long, env = "KVS_MAX_CLIENT_CONNECTIONS", default_value_t = 4096)]
+    pub max_client_connections: usize,
     /// Directory of this node's data; default `kvs-data/<ip>_<port>` under the working
     /// directory (`/data` in the Docker image).
     #[arg(long, env = "KVS_DATA_DIR")]
@@ -210,6 +214,7 @@ pub struct Config {
     pub dependency_timeout: Duration,
     pub relay_port: u16,
     pub workers: usize,
+    pub max_client_connections: usize,
     pub storage: StorageConfig,
     pub write_quorum: WriteQuorum,
     pub cluster_secret: Option<ClusterSecret>,
@@ -314,6 +319,12 @@ impl Config {
         if !(1..=64).contains(&args.workers) {
             return Err(bad("KVS_WORKERS", "must be between 1 and 64"));
         }
+        if !(16..=1_000_000).contains(&args.max_client_connections) {
+            return Err(bad(
+                "KVS_MAX_CLIENT_CONNECTIONS",
+                "must be between 16 and 1000000",
+            ));
+        }
         let storage = storage_config(args, socket_address)?;
         let write_quorum = args
             .write_quorum
@@ -336,6 +347,7 @@ impl Config {
             dependency_timeout: Duration::from_millis(args.dependency_timeout_ms),
             relay_port: args.relay_port,
             workers: args.workers,
+            max_client_connections: args.max_client_connections,
         })
     }
 }
@@ -502,6 +514,7 @@ mod tests {
             dependency_timeout_ms: 5000,
             relay_port: 0,
             workers: 2,
+            max_client_connections: 4096,
             data_dir: None,
             in_memory: false,
             sync: "periodic".into(),

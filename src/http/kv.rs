@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::reply::{self, Op};
-use super::{json_object, read_body, BODY_LIMIT};
+use super::{json_object, read_body};
 use crate::budget::Deadline;
 use crate::causal::CausalMetadata;
 use crate::error::KvsError;
@@ -130,8 +130,9 @@ pub async fn handle(
     // listing at `/key-value-store` itself.
     if !req.uri().path().starts_with(PREFIX) {
         if req.uri().path() == LISTING_PATH && req.method() == actix_web::http::Method::GET {
-            let Ok(body) = read_body(payload).await else {
-                return reply::too_large("GET", BODY_LIMIT);
+            let body = match read_body(payload).await {
+                Ok(body) => body,
+                Err(e) => return super::body_refused("GET", e),
             };
             let body = metadata_from_header(&req, body);
             return super::list::handle(req.query_string(), &body, node).await;
@@ -141,8 +142,9 @@ pub async fn handle(
     let Some(op) = Op::from_method(req.method().as_str()) else {
         return reply::method_not_allowed(req.method().as_str());
     };
-    let Ok(body) = read_body(payload).await else {
-        return reply::too_large(op.name(), BODY_LIMIT);
+    let body = match read_body(payload).await {
+        Ok(body) => body,
+        Err(e) => return super::body_refused(op.name(), e),
     };
     let body = match op {
         Op::Get => metadata_from_header(&req, body),

@@ -23,10 +23,20 @@ use crate::node::Node;
 
 /// The largest client request body accepted (413 beyond).
 pub const BODY_LIMIT: usize = 1 << 20;
+/// How long a client has to send a request's head once it connects or starts a request
+/// (408 and the connection closed after it). A client sends its head at once; a connection
+/// that trickles one holds a slot of `KVS_MAX_CLIENT_CONNECTIONS` for nothing.
+pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a client has to send a request's body once the head arrived (408 after it):
+/// a 1 MiB body in 10 s is 100 KB/s, slower than any client the store serves.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long an idle connection is kept between requests.
+pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub fn server(node: Arc<Node>) -> std::io::Result<Server> {
     let bind = node.config.bind_address;
     let workers = node.config.workers;
+    let per_worker = node.config.max_client_connections.div_ceil(workers);
     let data = web::Data::new(node);
     let server = HttpServer::new(move || {
         App::new()
@@ -50,10 +60,10 @@ pub fn server(node: Arc<Node>) -> std::io::Result<Server> {
     })
     .workers(workers)
     .backlog(4096)
-    .keep_alive(std::time::Duration::from_secs(75))
-    // Peers send large batches to nodes that may be busy: allow more than the default 5 s
-    // for a request to arrive before answering 408.
-    .client_request_timeout(std::time::Duration::from_secs(60))
+    // Per worker: the cap is the whole port's.
+    .max_connections(per_worker)
+    .keep_alive(KEEP_ALIVE)
+    .client_request_timeout(HEAD_TIMEOUT)
     .disable_signals()
     .bind(bind)?
     .run();
@@ -90,17 +100,40 @@ async fn ready(node: web::Data<Arc<Node>>) -> HttpResponse {
     reply::json(status, serde_json::json!(readiness))
 }
 
-/// Reads a request body up to [`BODY_LIMIT`] bytes.
-pub async fn read_body(mut payload: web::Payload) -> Result<Bytes, ()> {
+/// Why a request body was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Larger than [`BODY_LIMIT`] (413).
+    TooLarge,
+    /// Not all there within [`BODY_TIMEOUT`], or the connection broke (408).
+    TooSlow,
+}
+
+/// Reads a request body up to [`BODY_LIMIT`] bytes, within [`BODY_TIMEOUT`].
+pub async fn read_body(payload: web::Payload) -> Result<Bytes, BodyError> {
+    tokio::time::timeout(BODY_TIMEOUT, read_body_unbounded(payload))
+        .await
+        .unwrap_or(Err(BodyError::TooSlow))
+}
+
+async fn read_body_unbounded(mut payload: web::Payload) -> Result<Bytes, BodyError> {
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| ())?;
+        let chunk = chunk.map_err(|_| BodyError::TooSlow)?;
         if body.len() + chunk.len() > BODY_LIMIT {
-            return Err(());
+            return Err(BodyError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// The answer to a request whose body was not read.
+pub fn body_refused(op_name: &str, error: BodyError) -> HttpResponse {
+    match error {
+        BodyError::TooLarge => reply::too_large(op_name, BODY_LIMIT),
+        BodyError::TooSlow => reply::too_slow(op_name, BODY_TIMEOUT),
+    }
 }
 
 /// Refuses an administrative change (view, add-member, reshard) that does not present the

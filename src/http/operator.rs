@@ -70,8 +70,9 @@ async fn fail(
     if let Some(refused) = refuse_unless_admin_for(&req, &node, "POST") {
         return refused;
     }
-    let Ok(body) = read_body(payload).await else {
-        return fault_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
+    let body = match read_body(payload).await {
+        Ok(body) => body,
+        Err(e) => return super::body_refused("POST", e),
     };
     let fields = match json_object(&body) {
         Ok(fields) => fields,

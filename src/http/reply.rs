@@ -108,6 +108,17 @@ pub fn too_large(op_name: &str, limit: usize) -> HttpResponse {
     )
 }
 
+/// 408: the request's body did not arrive within `limit`.
+pub fn too_slow(op_name: &str, limit: std::time::Duration) -> HttpResponse {
+    json(
+        StatusCode::REQUEST_TIMEOUT,
+        json!({
+            "error": format!("Request body not received within {} s", limit.as_secs()),
+            "message": format!("Error in {op_name}"),
+        }),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

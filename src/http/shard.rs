@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::reply::{self, Op};
 use super::view::socket_address;
-use super::{json_object, read_body, refuse_unless_admin, BODY_LIMIT};
+use super::{json_object, read_body, refuse_unless_admin};
 use crate::admin;
 use crate::error::KvsError;
 use crate::node::Node;
@@ -142,8 +142,9 @@ async fn add_member(
     if let Some(refused) = refuse_unless_admin(&req, &node, Op::Put) {
         return refused;
     }
-    let Ok(body) = read_body(payload).await else {
-        return reply::too_large("PUT", BODY_LIMIT);
+    let body = match read_body(payload).await {
+        Ok(body) => body,
+        Err(e) => return super::body_refused("PUT", e),
     };
     let result = async {
         let shard = known_shard(&node, &id)?;
@@ -183,8 +184,9 @@ async fn reshard(
     if let Some(refused) = refuse_unless_admin(&req, &node, Op::Put) {
         return refused;
     }
-    let Ok(body) = read_body(payload).await else {
-        return reply::too_large("PUT", BODY_LIMIT);
+    let body = match read_body(payload).await {
+        Ok(body) => body,
+        Err(e) => return super::body_refused("PUT", e),
     };
     let result = async {
         let count = shard_count(&body)?;

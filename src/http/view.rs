@@ -7,7 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::reply::{self, Op};
-use super::{json_object, read_body, refuse_unless_admin, BODY_LIMIT};
+use super::{json_object, read_body, refuse_unless_admin};
 use crate::error::KvsError;
 use crate::node::Node;
 use crate::peer::messages::ViewChange;
@@ -50,8 +50,9 @@ pub async fn handle(
     if let Some(refused) = refuse_unless_admin(&req, &node, op) {
         return refused;
     }
-    let Ok(body) = read_body(payload).await else {
-        return reply::too_large(op.name(), BODY_LIMIT);
+    let body = match read_body(payload).await {
+        Ok(body) => body,
+        Err(e) => return super::body_refused(op.name(), e),
     };
     let address = match socket_address(&body) {
         Ok(a) => a,
