@@ -63,6 +63,11 @@ pub struct Args {
     /// wait in the listen backlog until one closes.
     #[arg(long, env = "KVS_MAX_CLIENT_CONNECTIONS", default_value_t = 4096)]
     pub max_client_connections: usize,
+    /// Host names a browser may reach this node by, comma-separated, besides IP addresses,
+    /// `localhost` and SOCKET_ADDRESS's host (a guard against DNS rebinding: see
+    /// docs/security.md).
+    #[arg(long, env = "KVS_ALLOWED_HOSTS")]
+    pub allowed_hosts: Option<String>,
     /// Directory of this node's data; default `kvs-data/<ip>_<port>` under the working
     /// directory (`/data` in the Docker image).
     #[arg(long, env = "KVS_DATA_DIR")]
@@ -215,6 +220,8 @@ pub struct Config {
     pub relay_port: u16,
     pub workers: usize,
     pub max_client_connections: usize,
+    /// Host names browsers may use besides addresses, `localhost` and this node's own.
+    pub allowed_hosts: Vec<String>,
     pub storage: StorageConfig,
     pub write_quorum: WriteQuorum,
     pub cluster_secret: Option<ClusterSecret>,
@@ -348,6 +355,14 @@ impl Config {
             relay_port: args.relay_port,
             workers: args.workers,
             max_client_connections: args.max_client_connections,
+            allowed_hosts: present(&args.allowed_hosts)
+                .map(|list| {
+                    list.split(',')
+                        .map(|h| h.trim().to_ascii_lowercase())
+                        .filter(|h| !h.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 }
@@ -515,6 +530,7 @@ mod tests {
             relay_port: 0,
             workers: 2,
             max_client_connections: 4096,
+            allowed_hosts: None,
             data_dir: None,
             in_memory: false,
             sync: "periodic".into(),

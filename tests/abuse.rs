@@ -99,3 +99,99 @@ async fn client_connections_are_capped() {
     );
     drop(silent);
 }
+
+/// Sends a raw HTTP/1.1 request and returns its status line and body.
+async fn raw_http(c: &Cluster, request: String) -> String {
+    let mut s = TcpStream::connect(c.addr(0)).await.expect("connects");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A web page can make a browser POST `text/plain` to a node on localhost without asking
+/// it first: `POST /kvs/fault/fail` so sent was answered 200 and failed the node. Now a
+/// POST must be `application/json` (which a browser sends cross-site only after a
+/// preflight the node never grants): 415, and the node is not failed.
+#[tokio::test]
+async fn a_cross_site_text_plain_post_fails_no_node() {
+    let c = Cluster::start_with_env(2, Some(1), FMT, &[("KVS_FAULT_INJECTION", "1")]).await;
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let (status, body) = raw(
+            reqwest::Method::POST,
+            &c.url(0, "/kvs/fault/fail"),
+            r#"{"seconds": 30}"#,
+            Some(content_type),
+        )
+        .await;
+        assert_eq!(status, 415, "{content_type}: {body}");
+        assert_eq!(body["message"], "Error in POST");
+    }
+    let answer = raw_http(
+        &c,
+        "POST /kvs/fault/fail HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            .to_string(),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 415"),
+        "an empty POST: {answer}"
+    );
+    let (status, body) = get(&c.url(0, "/kvs/health/ready"), None).await;
+    assert_eq!(status, 200, "the node was failed: {body}");
+    // The control: the same request as JSON goes through.
+    let (status, body) = raw(
+        reqwest::Method::POST,
+        &c.url(0, "/kvs/fault/recover"),
+        "{}",
+        Some("application/json"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// DNS rebinding: a page whose name now resolves to the node talks to it as a
+/// same-origin page, naming its own domain in `Host`. A browser's request (it carries
+/// `Sec-Fetch-Site` or `Origin`) naming a host the node does not answer to is refused 403;
+/// the same request from curl, or a browser's naming the node by address, `localhost` or
+/// a `KVS_ALLOWED_HOSTS` name, is served.
+#[tokio::test]
+async fn a_rebound_host_name_is_refused_to_browsers() {
+    let env = [("KVS_ALLOWED_HOSTS", "kvs.example.org")];
+    let c = Cluster::start_with_env(2, Some(1), FMT, &env).await;
+    let port = c.addr(0).port();
+    let ask = |host: String, browser: bool| {
+        let fetch = if browser {
+            "Sec-Fetch-Site: same-origin\r\n"
+        } else {
+            ""
+        };
+        format!(
+            "GET /key-value-store/k HTTP/1.1\r\nHost: {host}\r\n{fetch}Connection: close\r\n\r\n"
+        )
+    };
+    let answer = raw_http(&c, ask(format!("attacker.example:{port}"), true)).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        answer.contains("is not one of this node's names"),
+        "{answer}"
+    );
+    let origin = format!(
+        "PUT /key-value-store/k HTTP/1.1\r\nHost: attacker.example:{port}\r\n\
+         Origin: http://attacker.example:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: 17\r\nConnection: close\r\n\r\n{{\"value\": \"pwnd\"}}"
+    );
+    assert!(raw_http(&c, origin).await.starts_with("HTTP/1.1 403"));
+    for (host, browser) in [
+        (format!("attacker.example:{port}"), false),
+        (format!("localhost:{port}"), true),
+        (format!("{}", c.addr(0)), true),
+        (format!("kvs.example.org:{port}"), true),
+    ] {
+        let answer = raw_http(&c, ask(host.clone(), browser)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 404"),
+            "{host} {browser}: {answer}"
+        );
+    }
+}

@@ -239,7 +239,7 @@ async fn an_injected_failure_cuts_a_node_off_until_it_recovers() {
         reqwest::Method::POST,
         &c.url(2, "/kvs/fault/fail"),
         r#"{"seconds": 120}"#,
-        None,
+        Some("application/json"),
     )
     .await;
     assert_eq!(
@@ -269,7 +269,7 @@ async fn an_injected_failure_cuts_a_node_off_until_it_recovers() {
         reqwest::Method::POST,
         &c.url(2, "/kvs/fault/recover"),
         "",
-        None,
+        Some("application/json"),
     )
     .await;
     assert_eq!((status, body), (200, json!({"message": "Node recovered"})));
@@ -295,7 +295,7 @@ async fn fault_injection_is_off_unless_enabled() {
         reqwest::Method::POST,
         &c.url(0, "/kvs/fault/fail"),
         "",
-        None,
+        Some("application/json"),
     )
     .await;
     assert_eq!(

@@ -2,6 +2,7 @@
 //! storage counts, and its liveness and readiness ([`crate::health`]). Nodes talk to each other on the relay channel ([`crate::internal`]).
 //! Every request but `/metrics` is counted and timed for it ([`crate::metrics`]).
 
+pub(crate) mod browsers;
 pub(crate) mod dashboard;
 pub(crate) mod kv;
 pub(crate) mod list;
@@ -43,6 +44,7 @@ pub fn server(node: Arc<Node>) -> std::io::Result<Server> {
             .wrap(crate::metrics::CountRequests)
             .app_data(data.clone())
             .wrap(actix_web::middleware::from_fn(operator::hold_while_failed))
+            .wrap(actix_web::middleware::from_fn(browsers::guard))
             // A static prefix with a default service, not a `{key:.*}` pattern: actix matches
             // patterns with a regex, which cost ~4% of a node's CPU on the hottest path.
             .service(web::scope("/key-value-store").default_service(web::to(kv::handle)))
