@@ -63,6 +63,10 @@ pub struct Args {
     /// wait in the listen backlog until one closes.
     #[arg(long, env = "KVS_MAX_CLIENT_CONNECTIONS", default_value_t = 4096)]
     pub max_client_connections: usize,
+    /// The node's memory target in MiB: the storage engine's cache and memtable, a reserve
+    /// for the process, and the rest for values on their way (see [`MemoryBudget`]).
+    #[arg(long, env = "KVS_MEMORY_MB", default_value_t = 384)]
+    pub memory_mb: u64,
     /// Host names a browser may reach this node by, comma-separated, besides IP addresses,
     /// `localhost` and SOCKET_ADDRESS's host (a guard against DNS rebinding: see
     /// docs/security.md).
@@ -208,6 +212,47 @@ pub struct StorageConfig {
     pub memtable_bytes: u64,
 }
 
+/// What a node keeps of values on their way, in bytes (from `KVS_MEMORY_MB`): the part of
+/// the memory target left after the storage engine's cache and memtable and
+/// [`MEMORY_RESERVE_MB`] for everything else, split between the outbox (own writes not yet
+/// pushed; a peer further behind pulls from the engine instead), the recent log (writes
+/// applied lately, for pulls; older ones come from a scan) and request bodies in flight
+/// (past which a client's write is answered 503 at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    pub total_bytes: u64,
+    pub outbox_bytes: usize,
+    pub recent_bytes: usize,
+    pub bodies_bytes: usize,
+}
+
+/// What the memory target keeps back for the process itself: code, runtimes, connection
+/// buffers, the engine's other structures, push batches being encoded for each peer, and
+/// the allocator's slack. With 96, a node that coordinated 1,500 writes of 1 MiB under a
+/// 256 MiB target peaked at 257 MiB (its peers at 195); with 128 it stays under.
+pub const MEMORY_RESERVE_MB: u64 = 128;
+/// The least the queues get: a few of the largest values (1 MiB) each.
+const MIN_QUEUES_MB: u64 = 16;
+
+impl MemoryBudget {
+    pub fn new(total_mb: u64, storage: &StorageConfig) -> Result<Self, String> {
+        let engine_mb = (storage.cache_bytes + storage.memtable_bytes) >> 20;
+        let least = engine_mb + MEMORY_RESERVE_MB + MIN_QUEUES_MB;
+        if total_mb < least {
+            return Err(format!(
+                "must be at least {least} (KVS_CACHE_MB and KVS_MEMTABLE_MB, {MEMORY_RESERVE_MB} for the process, {MIN_QUEUES_MB} for values on their way)"
+            ));
+        }
+        let queues = ((total_mb - engine_mb - MEMORY_RESERVE_MB) << 20) as usize;
+        Ok(Self {
+            total_bytes: total_mb << 20,
+            outbox_bytes: queues / 2,
+            recent_bytes: queues / 4,
+            bodies_bytes: queues / 4,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub socket_address: NodeId,
@@ -222,6 +267,7 @@ pub struct Config {
     pub max_client_connections: usize,
     /// Host names browsers may use besides addresses, `localhost` and this node's own.
     pub allowed_hosts: Vec<String>,
+    pub memory: MemoryBudget,
     pub storage: StorageConfig,
     pub write_quorum: WriteQuorum,
     pub cluster_secret: Option<ClusterSecret>,
@@ -333,6 +379,8 @@ impl Config {
             ));
         }
         let storage = storage_config(args, socket_address)?;
+        let memory =
+            MemoryBudget::new(args.memory_mb, &storage).map_err(|e| bad("KVS_MEMORY_MB", e))?;
         let write_quorum = args
             .write_quorum
             .parse()
@@ -344,6 +392,7 @@ impl Config {
             admin_token,
             fault_injection: args.fault_injection,
             write_quorum,
+            memory,
             storage,
             socket_address,
             view,
@@ -530,6 +579,7 @@ mod tests {
             relay_port: 0,
             workers: 2,
             max_client_connections: 4096,
+            memory_mb: 384,
             allowed_hosts: None,
             data_dir: None,
             in_memory: false,

@@ -195,3 +195,158 @@ async fn a_rebound_host_name_is_refused_to_browsers() {
         );
     }
 }
+
+/// The memory target the large-values test gives its nodes, in MiB.
+const MEMORY_MB: u64 = 256;
+
+/// A value of just under 1 MiB (the body limit, with the JSON around it), numbered.
+fn large_value(i: usize) -> String {
+    let mut value = format!("{i:08}:");
+    value.push_str(&"x".repeat((1 << 20) - 200));
+    value
+}
+
+/// 1,500 PUTs of values just under 1 MiB, one after another through one node of a
+/// 3-node store, took the nodes' peak resident memory to 2-10 GB: the outbox and the recent
+/// log were bounded in records (20,000 and 16,384), and a push batch could hold 512 of
+/// them. Now every queue of values is bounded in bytes (`KVS_MEMORY_MB`): every node's
+/// peak stays under its memory target, and every acknowledged value reads back from every
+/// node. `LARGE_VALUES` sets the count (1,500 by default). About 2 minutes against the
+/// release build (`./test.sh` runs it so, after `bench/smoke.sh` has built it):
+///
+/// ```sh
+/// KVS_TEST_BINARY=target/x86_64-unknown-linux-gnu/release/kvs \
+///     cargo test --test abuse -- --ignored --nocapture large_values
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "1.5 GB through a store: ./test.sh runs it against the release build"]
+async fn large_values_keep_every_node_within_its_memory_target() {
+    let count: usize = std::env::var("LARGE_VALUES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_500);
+    let memory = MEMORY_MB.to_string();
+    let env = [("KVS_MEMORY_MB", memory.as_str())];
+    let c = Cluster::start_with_env(3, Some(1), FMT, &env).await;
+    let client = reqwest::Client::new();
+    let mut cm = String::new();
+    let mut acked = Vec::new();
+    let started = Instant::now();
+    for i in 0..count {
+        let body = serde_json::json!({"value": large_value(i), "causal-metadata": cm});
+        let answer = client
+            .put(c.kv_url(0, &format!("big{i}")))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await;
+        let Ok(answer) = answer else { continue };
+        if answer.status().is_success() {
+            let b: serde_json::Value = answer.json().await.expect("a JSON answer");
+            cm = b["causal-metadata"].as_str().unwrap_or_default().to_owned();
+            acked.push(i);
+        }
+    }
+    println!(
+        "{} of {count} PUTs of 1 MiB acknowledged in {:?}",
+        acked.len(),
+        started.elapsed()
+    );
+    assert!(
+        acked.len() * 10 >= count * 9,
+        "only {} acknowledged",
+        acked.len()
+    );
+    let peaks = || {
+        c.nodes
+            .iter()
+            .map(|n| n.peak_rss().expect("the node runs") >> 20)
+            .collect::<Vec<_>>()
+    };
+    println!("peak resident memory after the writes (MiB): {:?}", peaks());
+    for (n, i) in acked.iter().enumerate() {
+        let node = n % 3;
+        let body = serde_json::json!({"causal-metadata": cm});
+        // A peer may still be taking the writes in (hundreds of MiB, in a debug build):
+        // the read waits for them as any read with this metadata would, a few times over.
+        let answer = client
+            .get(c.kv_url(node, &format!("big{i}")))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(answer.status().as_u16(), 200, "big{i} on node {node}");
+        let b: serde_json::Value = answer.json().await.expect("a JSON answer");
+        let value = b["value"].as_str().unwrap_or_default();
+        assert!(value == large_value(*i), "big{i} on node {node} differs");
+    }
+    for (i, node) in c.nodes.iter().enumerate() {
+        let peak = node.peak_rss().expect("the node runs");
+        println!("node {i}: peak resident memory {} MiB", peak >> 20);
+        assert!(
+            peak <= MEMORY_MB << 20,
+            "node {i} peaked at {} MiB, past its {MEMORY_MB} MiB target",
+            peak >> 20
+        );
+    }
+}
+
+/// Request bodies in flight are bounded too. With a shard peer paused and writes waiting
+/// for `KVS_WRITE_QUORUM=all`, eight concurrent PUTs of 1 MiB would all be held; with a
+/// bodies budget of 4 MiB, those past it are answered 503 at once, before their bodies are
+/// read, and say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_past_the_budget_are_answered_503_at_once() {
+    // 160 - 8 - 8 (engine) - 128 (reserve) = 16 MiB of queues, a quarter of it for bodies.
+    let env = [
+        ("KVS_MEMORY_MB", "160"),
+        ("KVS_CACHE_MB", "8"),
+        ("KVS_MEMTABLE_MB", "8"),
+        ("KVS_WRITE_QUORUM", "all"),
+    ];
+    let c = Cluster::start_with_env(3, Some(1), FMT, &env).await;
+    c.pause(2);
+    let url = c.kv_url(0, "held");
+    let mut puts = Vec::new();
+    for i in 0..8 {
+        let url = url.clone();
+        puts.push(tokio::spawn(async move {
+            let body = serde_json::json!({"value": large_value(i), "causal-metadata": ""});
+            let started = Instant::now();
+            let answer = reqwest::Client::new()
+                .put(url)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .expect("answered");
+            let status = answer.status().as_u16();
+            let body: serde_json::Value = answer.json().await.unwrap_or_default();
+            (status, started.elapsed(), body)
+        }));
+    }
+    let mut busy = 0;
+    for put in puts {
+        let (status, elapsed, body) = put.await.unwrap();
+        if status == 503
+            && body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Node is busy"))
+        {
+            assert!(
+                elapsed < Duration::from_secs(3),
+                "refused only after {elapsed:?}"
+            );
+            busy += 1;
+        }
+    }
+    c.resume(2);
+    assert!(
+        busy >= 4,
+        "{busy} of 8 refused: bodies past the budget were held"
+    );
+}

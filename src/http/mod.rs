@@ -2,6 +2,7 @@
 //! storage counts, and its liveness and readiness ([`crate::health`]). Nodes talk to each other on the relay channel ([`crate::internal`]).
 //! Every request but `/metrics` is counted and timed for it ([`crate::metrics`]).
 
+pub(crate) mod bodies;
 pub(crate) mod browsers;
 pub(crate) mod dashboard;
 pub(crate) mod kv;
@@ -38,11 +39,14 @@ pub fn server(node: Arc<Node>) -> std::io::Result<Server> {
     let bind = node.config.bind_address;
     let workers = node.config.workers;
     let per_worker = node.config.max_client_connections.div_ceil(workers);
+    let bodies = web::Data::new(bodies::BodyBudget::new(node.config.memory.bodies_bytes));
     let data = web::Data::new(node);
     let server = HttpServer::new(move || {
         App::new()
             .wrap(crate::metrics::CountRequests)
             .app_data(data.clone())
+            .app_data(bodies.clone())
+            .wrap(actix_web::middleware::from_fn(bodies::reserve))
             .wrap(actix_web::middleware::from_fn(operator::hold_while_failed))
             .wrap(actix_web::middleware::from_fn(browsers::guard))
             // A static prefix with a default service, not a `{key:.*}` pattern: actix matches

@@ -75,8 +75,14 @@ pub struct LocalReplica {
 }
 
 impl LocalReplica {
-    pub fn new(store: Store, replica: Replica, synced: bool, sync: SyncMode) -> Self {
-        let mut recent = RecentLog::new(replica.era(), RECENT_CAPACITY);
+    pub fn new(
+        store: Store,
+        replica: Replica,
+        synced: bool,
+        sync: SyncMode,
+        memory: &crate::config::MemoryBudget,
+    ) -> Self {
+        let mut recent = RecentLog::new(replica.era(), RECENT_CAPACITY, memory.recent_bytes);
         // What came back from disk is not in the log: peers that lack any of it are sent to
         // a scan, as if it had been evicted.
         recent.forget_up_to(replica.applied());
@@ -84,7 +90,7 @@ impl LocalReplica {
             store,
             replica: Mutex::new(replica),
             recent: Mutex::new(recent),
-            outbox: Outbox::new(OUTBOX_CAPACITY),
+            outbox: Outbox::new(OUTBOX_CAPACITY, memory.outbox_bytes),
             progress: watch::channel(0).0,
             synced: AtomicBool::new(synced),
             sync,

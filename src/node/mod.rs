@@ -129,7 +129,13 @@ impl Node {
         let sync = config.storage.sync;
         Self {
             me,
-            local: LocalReplica::new(start.store, start.replica, start.synced, sync),
+            local: LocalReplica::new(
+                start.store,
+                start.replica,
+                start.synced,
+                sync,
+                &config.memory,
+            ),
             routing: Routing::new(me, start.map),
             reshard: ReshardState::default(),
             acks: Acks::default(),

@@ -16,15 +16,21 @@ pub struct RecentLog {
     era: u64,
     records: VecDeque<Arc<Record>>,
     capacity: usize,
+    /// The most `records` may weigh ([`Record::weight`]), and what they weigh.
+    max_bytes: usize,
+    bytes: usize,
     evicted: VectorClock,
 }
 
 impl RecentLog {
-    pub fn new(era: u64, capacity: usize) -> Self {
+    /// A log of at most `capacity` records weighing at most `max_bytes` together.
+    pub fn new(era: u64, capacity: usize, max_bytes: usize) -> Self {
         Self {
             era,
             records: VecDeque::new(),
             capacity: capacity.max(1),
+            max_bytes,
+            bytes: 0,
             evicted: VectorClock::new(),
         }
     }
@@ -33,6 +39,7 @@ impl RecentLog {
     pub fn reset(&mut self, era: u64) {
         self.era = era;
         self.records.clear();
+        self.bytes = 0;
         self.evicted = VectorClock::new();
     }
 
@@ -51,15 +58,23 @@ impl RecentLog {
         if record.entry.stamp.era != self.era {
             return;
         }
+        self.bytes += record.weight();
         self.records.push_back(record);
-        if self.records.len() > self.capacity {
-            if let Some(old) = self.records.pop_front() {
-                let stamp = old.entry.stamp;
-                if stamp.seq > self.evicted.get(&stamp.origin) {
-                    self.evicted.set(stamp.origin, stamp.seq);
-                }
+        while self.records.len() > self.capacity || self.bytes > self.max_bytes {
+            let Some(old) = self.records.pop_front() else {
+                break;
+            };
+            self.bytes -= old.weight();
+            let stamp = old.entry.stamp;
+            if stamp.seq > self.evicted.get(&stamp.origin) {
+                self.evicted.set(stamp.origin, stamp.seq);
             }
         }
+    }
+
+    /// What the records it holds weigh.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// What a peer that has applied `seen` in `era` lacks, if the log still holds all of it.
@@ -110,7 +125,7 @@ mod tests {
 
     #[test]
     fn a_delta_lists_what_the_peer_has_not_seen() {
-        let mut log = RecentLog::new(0, 10);
+        let mut log = RecentLog::new(0, 10, usize::MAX);
         for (o, s) in [(1, 1), (2, 1), (1, 2)] {
             log.push(rec(o, s, 0));
         }
@@ -121,7 +136,7 @@ mod tests {
 
     #[test]
     fn a_peer_behind_what_was_evicted_needs_a_scan() {
-        let mut log = RecentLog::new(0, 2);
+        let mut log = RecentLog::new(0, 2, usize::MAX);
         for s in 1..=3 {
             log.push(rec(1, s, 0));
         }
@@ -130,9 +145,24 @@ mod tests {
         assert_eq!(keys(log.delta(0, &seen).unwrap()), ["k1-2", "k1-3"]);
     }
 
+    /// Past its bytes, the log evicts as past its count: a pull behind the evicted writes
+    /// is sent to a scan.
+    #[test]
+    fn the_log_is_bounded_in_bytes() {
+        let weight = rec(1, 1, 0).weight();
+        let mut log = RecentLog::new(0, 16_384, 2 * weight);
+        for s in 1..=5 {
+            log.push(rec(1, s, 0));
+        }
+        assert_eq!(log.bytes(), 2 * weight);
+        assert!(log.delta(0, &[(n(1), 2)].into_iter().collect()).is_none());
+        let seen: VectorClock = [(n(1), 3)].into_iter().collect();
+        assert_eq!(keys(log.delta(0, &seen).unwrap()), ["k1-4", "k1-5"]);
+    }
+
     #[test]
     fn writes_taken_in_unlogged_count_as_evicted() {
-        let mut log = RecentLog::new(0, 4);
+        let mut log = RecentLog::new(0, 4, usize::MAX);
         log.forget_up_to(&[(n(1), 5)].into_iter().collect());
         log.push(rec(1, 6, 0));
         assert!(log.delta(0, &[(n(1), 4)].into_iter().collect()).is_none());
@@ -142,7 +172,7 @@ mod tests {
 
     #[test]
     fn writes_of_other_eras_are_not_logged_and_a_new_era_starts_empty() {
-        let mut log = RecentLog::new(1, 4);
+        let mut log = RecentLog::new(1, 4, usize::MAX);
         log.push(rec(1, 1, 0));
         assert!(log.delta(1, &VectorClock::new()).unwrap().is_empty());
         log.push(rec(1, 1, 1));

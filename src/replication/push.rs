@@ -17,6 +17,9 @@ use crate::peer::messages::ReplicateBatch;
 use crate::NodeId;
 
 const BATCH: usize = 512;
+/// The most a push batch weighs ([`crate::storage::Record::weight`]): 512 writes of 1 MiB
+/// values made 512 MiB frames, encoded once for each peer.
+const BATCH_BYTES: usize = 4 << 20;
 const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -71,7 +74,7 @@ async fn push_to(node: Arc<Node>, peer: NodeId) {
             era = current_era;
             cursor = 1;
         }
-        let Some(mut batch) = node.local.outbox.batch(era, cursor, BATCH) else {
+        let Some(mut batch) = node.local.outbox.batch(era, cursor, BATCH, BATCH_BYTES) else {
             if !acknowledged_all(&node, peer) {
                 probe(&node, peer, era).await;
             }
@@ -80,7 +83,7 @@ async fn push_to(node: Arc<Node>, peer: NodeId) {
         };
         if batch.records.len() < LINGER_BELOW {
             tokio::time::sleep(LINGER).await;
-            if let Some(fuller) = node.local.outbox.batch(era, cursor, BATCH) {
+            if let Some(fuller) = node.local.outbox.batch(era, cursor, BATCH, BATCH_BYTES) {
                 batch = fuller;
             }
         }

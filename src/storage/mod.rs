@@ -49,6 +49,17 @@ pub struct Record {
     pub entry: Entry,
 }
 
+impl Record {
+    /// What the record costs in memory, about: its strings and the structure around them.
+    /// The queues that hold records are bounded by it, not only by count: a value may be
+    /// 1 MiB.
+    pub fn weight(&self) -> usize {
+        const OVERHEAD: usize = 128;
+        let value = self.entry.value.as_ref().map_or(0, String::len);
+        OVERHEAD + self.key.len() + value + self.entry.metadata.len()
+    }
+}
+
 /// Where the versions live: a table in memory (`--in-memory`, and tests), or the engine
 /// alone, which serves reads from its memtable and block cache. A durable node keeps nothing
 /// per key in memory: a million keys in memory cost 228 bytes each (466 MB of resident

@@ -120,6 +120,20 @@ impl Node {
         self.child.lock().unwrap().as_ref().map(|c| c.id())
     }
 
+    /// The process's peak resident memory so far, in bytes (`VmHWM`), if it runs.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+
     fn kill_quiet(&self) {
         if let Some(mut child) = self.child.lock().unwrap().take() {
             let _ = child.kill();
