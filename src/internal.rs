@@ -59,6 +59,25 @@ fn json(value: &impl Serialize) -> Result<Vec<u8>, KvsError> {
 }
 
 async fn answer(node: &Arc<Node>, rpc: Rpc, body: &[u8]) -> Result<Vec<u8>, KvsError> {
+    let answer = answer_unsynced(node, rpc, body).await?;
+    if stores(rpc) {
+        // What a peer acknowledges, it holds as the coordinator does: with `KVS_SYNC=always`
+        // on the device (one group sync for every call answered meanwhile). A quorum or
+        // majority acknowledgement then means on that many devices.
+        node.local.sync_if_always().await?;
+    }
+    Ok(answer)
+}
+
+/// Whether answering `rpc` acknowledges records, or a map, this node has just stored.
+fn stores(rpc: Rpc) -> bool {
+    matches!(
+        rpc,
+        Rpc::Replicate | Rpc::Absorb | Rpc::LinStore | Rpc::Map | Rpc::Prepare | Rpc::Commit
+    )
+}
+
+async fn answer_unsynced(node: &Arc<Node>, rpc: Rpc, body: &[u8]) -> Result<Vec<u8>, KvsError> {
     match rpc {
         Rpc::Replicate => json(&node.receive_push(parse(rpc, body)?).await),
         Rpc::Sync => sync(node, parse(rpc, body)?).await,

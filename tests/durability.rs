@@ -385,3 +385,44 @@ async fn a_node_whose_journal_lost_writes_never_reuses_their_dots() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((s, b["value"].as_str()), (200, Some("written")), "{b}");
 }
+
+/// Syncs of node i's journal to the device so far (`kvs_storage_syncs_total`).
+async fn syncs(c: &Cluster, i: usize) -> u64 {
+    let page = reqwest::get(c.url(i, "/metrics"))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("a page");
+    page.lines()
+        .find_map(|l| l.strip_prefix("kvs_storage_syncs_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+/// With `KVS_SYNC=always` a write was synced only on the node that took it: a peer
+/// acknowledged a push (counted towards `KVS_WRITE_QUORUM`) with the write in its journal
+/// but not on its device. Now every acknowledging path syncs first: writes one after
+/// another with `KVS_WRITE_QUORUM=all` make each peer sync at least once per write (there
+/// is no periodic sync in this mode to do it for them).
+#[tokio::test]
+async fn peers_sync_what_they_acknowledge_with_sync_always() {
+    let env = [("KVS_SYNC", "always"), ("KVS_WRITE_QUORUM", "all")];
+    let c = Cluster::start_with_env(3, Some(1), FMT, &env).await;
+    let before = [syncs(&c, 1).await, syncs(&c, 2).await];
+    let mut cm = String::new();
+    for i in 0..5 {
+        cm = must_put(&c, 0, &format!("synced{i}"), "v", &cm).await;
+    }
+    let after = [syncs(&c, 1).await, syncs(&c, 2).await];
+    for peer in 0..2 {
+        assert!(
+            after[peer] >= before[peer] + 5,
+            "peer {}: {} syncs before 5 writes, {} after",
+            peer + 1,
+            before[peer],
+            after[peer]
+        );
+    }
+    assert!(syncs(&c, 0).await >= 5, "the coordinator syncs too");
+}

@@ -34,6 +34,8 @@ pub const GOSSIP_BYTES: &str = "kvs_gossip_bytes_total";
 pub const GOSSIP_RESTARTS: &str = "kvs_gossip_restarts_total";
 /// Node incarnations gossip holds state for.
 pub const GOSSIP_NODE_STATES: &str = "kvs_gossip_node_states";
+/// Syncs of the storage engine's journal to the device.
+pub const STORAGE_SYNCS: &str = "kvs_storage_syncs_total";
 
 /// `GET /metrics`.
 pub async fn handle(node: web::Data<Arc<Node>>) -> HttpResponse {
@@ -76,6 +78,8 @@ pub struct NodeState {
     pub peers: Vec<PeerState>,
     pub live_nodes: usize,
     pub gossip: GossipStats,
+    /// Syncs to the device so far (none in memory).
+    pub syncs: u64,
 }
 
 impl NodeState {
@@ -100,6 +104,7 @@ impl NodeState {
             peers,
             live_nodes: node.membership.up_nodes().len(),
             gossip: node.membership.counters().snapshot(),
+            syncs: node.local.store.backend().map_or(0, |b| b.syncs()),
         }
     }
 
@@ -139,6 +144,10 @@ impl NodeState {
         }
         gauge(LIVE_NODES, Vec::new(), self.live_nodes as f64);
         self.render_gossip(&recorder);
+        describe(&recorder, STORAGE_SYNCS, "Syncs of the storage engine's journal to the device: by the periodic sync (KVS_SYNC=periodic), or before answering a write with KVS_SYNC=always, on the coordinator and on every peer that acknowledges it; concurrent writes share one.");
+        recorder
+            .register_counter(&Key::from_parts(STORAGE_SYNCS, Vec::new()), &METADATA)
+            .absolute(self.syncs);
         recorder.handle().render()
     }
 
@@ -225,12 +234,14 @@ mod tests {
             ],
             live_nodes: 3,
             gossip: GossipStats::default(),
+            syncs: 0,
         };
         let page = state.render();
         let samples: Vec<&str> = lines(&page)
             .into_iter()
             .filter(|l| !l.starts_with('#'))
             .filter(|l| !l.starts_with("kvs_gossip_") || l.starts_with(LIVE_NODES))
+            .filter(|l| !l.starts_with(STORAGE_SYNCS))
             .collect();
         assert_eq!(
             samples,
@@ -257,6 +268,7 @@ mod tests {
             peers: Vec::new(),
             live_nodes: 1,
             gossip: GossipStats::default(),
+            syncs: 0,
         };
         let page = state.render();
         assert!(!page.contains(SHARD_KEYS), "{page}");

@@ -57,6 +57,12 @@ pub trait Backend: Send + Sync {
     /// Makes everything written so far survive a power cut (not only a crash).
     fn sync(&self) -> Result<(), StorageError>;
 
+    /// How many times [`Backend::sync`] has gone to the device (a sync that found
+    /// everything already synced does not count).
+    fn syncs(&self) -> u64 {
+        0
+    }
+
     fn put(&self, key: &str, version: &[u8]) -> Result<(), StorageError> {
         self.write(&Batch {
             puts: vec![(key, version)],

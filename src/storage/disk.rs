@@ -37,6 +37,8 @@ pub struct Disk {
     /// a sync that started after a write covers it, so concurrent writers share one sync.
     written: AtomicU64,
     synced: Mutex<u64>,
+    /// Syncs that went to the device.
+    syncs: AtomicU64,
 }
 
 fn engine(path: &Path) -> impl Fn(fjall::Error) -> StorageError + '_ {
@@ -72,6 +74,7 @@ impl Disk {
             meta,
             written: AtomicU64::new(0),
             synced: Mutex::new(0),
+            syncs: AtomicU64::new(0),
         })
     }
 
@@ -152,7 +155,12 @@ impl Backend for Disk {
             .persist(PersistMode::SyncData)
             .map_err(engine(&self.path))?;
         *synced = upto;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 }
 
