@@ -13,6 +13,13 @@
 //! | relay handshakes | anyone reaching the relay port | `relay::handshake::reply`, `answer` |
 //! | internal messages | peers | the `Rpc` bodies' `serde_json` decoders |
 //! | gossip datagrams | anyone reaching the UDP port | `membership::auth` (open), `membership::wire::decode`, `membership::guard` |
+//!
+//! Beside the parsers, the state machines get hostile *sequences* of well-formed messages
+//! (counters up to `u64::MAX`, eras from the future, clocks that jump, members that vanish),
+//! with their invariants checked after every step: `causal::Replica`, the purge barrier
+//! (`node::purge::Barrier`) and the order of shard maps (`ShardMap::supersedes`). A
+//! sequence that breaks one is shrunk by proptest and kept as a unit test
+//! (`replica::tests::local_writes_go_on_past_a_lamport_time_taken_in_at_the_bound`).
 
 use bytes::BytesMut;
 use proptest::prelude::*;
@@ -212,4 +219,200 @@ fn gossip_op() -> impl Strategy<Value = wire::Op> {
         }),
         gossip_version().prop_map(wire::Op::SetMaxVersion),
     ]
+}
+
+// --- State machines under hostile sequences ---------------------------------------------
+//
+// Well-formed but hostile messages, driven through the state machines with their
+// invariants checked after every step: counters up to `u64::MAX`, eras from the future,
+// clocks that jump. A failure here is a sequence proptest shrinks to its shortest form.
+
+use crate::causal::{Admission, Replica, Stamp, VectorClock, MAX_COUNTER};
+use crate::node::purge::Barrier;
+use crate::shard::ShardMap;
+
+fn fuzz_node(i: u8) -> crate::NodeId {
+    crate::NodeId::from(std::net::SocketAddr::from(([10, 0, 0, i], 8080)))
+}
+
+fn hostile_counter() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        0..8u64,
+        Just(MAX_COUNTER),
+        Just(MAX_COUNTER + 1),
+        Just(u64::MAX - 1),
+        Just(u64::MAX),
+    ]
+}
+
+fn hostile_clock() -> impl Strategy<Value = VectorClock> {
+    proptest::collection::vec((1..4u8, hostile_counter()), 0..4).prop_map(|entries| {
+        entries
+            .into_iter()
+            .map(|(n, v)| (fuzz_node(n), v))
+            .collect()
+    })
+}
+
+/// What a replica can be made to do, by its clients and its peers.
+#[derive(Debug, Clone)]
+enum ReplicaStep {
+    /// A client's write here, with a token of these dependencies.
+    Write(u64, VectorClock),
+    /// A peer's write: its stamp and clock.
+    Push(Stamp, VectorClock),
+    /// A peer's state taken in (a full copy).
+    Absorb(VectorClock, u64),
+    /// A reshard's new era.
+    Era(u64),
+}
+
+fn replica_step() -> impl Strategy<Value = ReplicaStep> {
+    let stamp = (
+        hostile_counter(),
+        hostile_counter(),
+        2..4u8,
+        hostile_counter(),
+    )
+        .prop_map(|(era, lamport, origin, seq)| Stamp {
+            era,
+            lamport,
+            origin: fuzz_node(origin),
+            seq,
+        });
+    prop_oneof![
+        (hostile_counter(), hostile_clock()).prop_map(|(e, c)| ReplicaStep::Write(e, c)),
+        (stamp, hostile_clock()).prop_map(|(s, c)| ReplicaStep::Push(s, c)),
+        (hostile_clock(), hostile_counter()).prop_map(|(c, l)| ReplicaStep::Absorb(c, l)),
+        (0..3u64).prop_map(ReplicaStep::Era),
+    ]
+}
+
+/// Applies one step, checking what it must keep: a local write's sequence number follows
+/// the last, its Lamport time exceeds every one the replica had, and no counter passes
+/// [`MAX_COUNTER`] but by the replica's own writes (`writes` so far), so none can wrap.
+fn replica_apply(
+    r: &mut Replica,
+    step: ReplicaStep,
+    writes: &mut u64,
+) -> Result<(), TestCaseError> {
+    let (seq_before, lamport_before) = (r.own_seq(), r.lamport());
+    match step {
+        ReplicaStep::Write(era, clock) => {
+            let deps = crate::causal::CausalMetadata::new(era, clock);
+            let (stamp, _) = r.stamp_local_write(&deps);
+            *writes += 1;
+            prop_assert_eq!(stamp.seq, seq_before + 1);
+            prop_assert!(stamp.lamport > lamport_before);
+        }
+        ReplicaStep::Push(stamp, clock) => {
+            if r.admit(&stamp, &clock, |_| true) == Admission::Apply {
+                prop_assert!(stamp.lamport <= MAX_COUNTER && stamp.seq <= MAX_COUNTER);
+                r.record_applied(&stamp);
+            }
+        }
+        ReplicaStep::Absorb(clock, lamport) => r.absorb(&clock, lamport),
+        ReplicaStep::Era(era) if era > r.era() => r.start_era(era),
+        ReplicaStep::Era(_) => {}
+    }
+    let bound = MAX_COUNTER + *writes;
+    prop_assert!(r.lamport() <= bound && r.lamport() >= lamport_before);
+    prop_assert!(r.applied().iter().all(|(_, v)| *v <= bound));
+    Ok(())
+}
+
+/// A shard of three members' applied clocks as they grow: each step raises one member's
+/// clock (or hides it, or moves it to another era), then runs a purge round.
+#[derive(Debug, Clone)]
+enum PurgeStep {
+    Apply {
+        member: usize,
+        origin: u8,
+        upto: u64,
+    },
+    Unknown(usize),
+    Era(usize, u64),
+}
+
+fn purge_step() -> impl Strategy<Value = PurgeStep> {
+    prop_oneof![
+        4 => (0..3usize, 1..4u8, 1..20u64)
+            .prop_map(|(member, origin, upto)| PurgeStep::Apply { member, origin, upto }),
+        1 => (0..3usize).prop_map(PurgeStep::Unknown),
+        1 => (0..3usize, 0..2u64).prop_map(|(m, e)| PurgeStep::Era(m, e)),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn replicas_under_hostile_sequences(steps in proptest::collection::vec(replica_step(), 0..40)) {
+        let mut r = Replica::new(fuzz_node(1), 0);
+        let mut writes = 0;
+        for step in steps {
+            replica_apply(&mut r, step, &mut writes)?;
+        }
+    }
+
+    /// The barrier's safety: what it lets be purged, every member has applied, in the
+    /// era asked about; with a member unknown or in another era, nothing.
+    #[test]
+    fn the_purge_barrier_under_any_member_clocks(steps in proptest::collection::vec(purge_step(), 0..60)) {
+        let mut barrier = Barrier::default();
+        let mut members: Vec<Option<(u64, VectorClock)>> = vec![Some((0, VectorClock::new())); 3];
+        for step in steps {
+            match step {
+                PurgeStep::Apply { member, origin, upto } => {
+                    let entry = members[member].get_or_insert((0, VectorClock::new()));
+                    if entry.1.get(&fuzz_node(origin)) < upto {
+                        entry.1.set(fuzz_node(origin), upto);
+                    }
+                }
+                PurgeStep::Unknown(member) => members[member] = None,
+                PurgeStep::Era(member, era) => members[member] = Some((era, VectorClock::new())),
+            }
+            if let Some(floor) = barrier.advance(0, &members) {
+                for member in &members {
+                    let (era, clock) = member.as_ref().expect("a purge with a member unknown");
+                    prop_assert_eq!(*era, 0);
+                    prop_assert!(clock.dominates(&floor), "{clock:?} lacks {floor:?}");
+                }
+            }
+        }
+    }
+
+    /// Maps from anywhere (epochs up to `u64::MAX`, any shards): `supersedes` is a strict
+    /// order, so nodes that hear the same maps in any order end on the same one.
+    #[test]
+    fn shard_maps_order_strictly(
+        maps in proptest::collection::vec(
+            (hostile_counter(), 0..3u64, any::<bool>(), proptest::collection::btree_map(0..3u32, proptest::collection::btree_set(1..6u8, 1..3), 0..3)),
+            1..6,
+        )
+    ) {
+        let maps: Vec<ShardMap> = maps
+            .into_iter()
+            .map(|(epoch, era, formed, shards)| ShardMap {
+                epoch,
+                era,
+                formed,
+                shards: shards
+                    .into_iter()
+                    .map(|(id, nodes)| (id, nodes.into_iter().map(fuzz_node).collect()))
+                    .collect(),
+            })
+            .collect();
+        for a in &maps {
+            prop_assert!(!a.supersedes(a));
+            for b in &maps {
+                prop_assert!(!(a.supersedes(b) && b.supersedes(a)), "{a:?} and {b:?}");
+            }
+        }
+        let winner = |order: &mut dyn Iterator<Item = &ShardMap>| {
+            order.fold(ShardMap::none(), |held, m| if m.supersedes(&held) { m.clone() } else { held })
+        };
+        let forward = winner(&mut maps.iter());
+        let backward = winner(&mut maps.iter().rev());
+        prop_assert_eq!(forward.digest(), backward.digest());
+        prop_assert_eq!(forward.epoch, backward.epoch);
+    }
 }

@@ -133,7 +133,9 @@ impl Replica {
     /// they never saw. A later write here still supersedes an earlier one: the Lamport time
     /// in the stamp orders them.
     pub fn stamp_local_write(&mut self, deps: &CausalMetadata) -> (Stamp, CausalMetadata) {
-        debug_assert!(self.own_seq() <= MAX_COUNTER && self.lamport <= MAX_COUNTER);
+        // What came from others is at most MAX_COUNTER; from there, 2^62 local writes are
+        // left before a counter could wrap.
+        debug_assert!(self.own_seq() < u64::MAX && self.lamport < u64::MAX);
         let seq = self.own_seq() + 1;
         self.applied.set(self.me, seq);
         self.lamport += 1;
@@ -366,5 +368,20 @@ mod tests {
         assert_eq!(r.lamport(), 0);
         let (stamp, _) = r.stamp_local_write(&CausalMetadata::default());
         assert_eq!((stamp.seq, stamp.lamport), (1, 1));
+    }
+
+    /// Found by `fuzz::replicas_under_hostile_sequences`: a peer's Lamport time of exactly
+    /// `MAX_COUNTER` is taken in, and the local writes after it must stamp on (an assertion
+    /// that the local time stayed at or below the bound stopped the second one).
+    #[test]
+    fn local_writes_go_on_past_a_lamport_time_taken_in_at_the_bound() {
+        let mut r = Replica::new("10.0.0.1:8080".parse().unwrap(), 0);
+        r.absorb(&VectorClock::new(), MAX_COUNTER);
+        let (first, _) = r.stamp_local_write(&CausalMetadata::default());
+        let (second, _) = r.stamp_local_write(&CausalMetadata::default());
+        assert_eq!(
+            (first.lamport, second.lamport),
+            (MAX_COUNTER + 1, MAX_COUNTER + 2)
+        );
     }
 }
