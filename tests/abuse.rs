@@ -196,6 +196,22 @@ async fn a_rebound_host_name_is_refused_to_browsers() {
     }
 }
 
+/// A JSON request with a long wait: large values take a while through a busy store.
+async fn send_slowly(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: serde_json::Value,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .request(method, url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+}
+
 /// The memory target the large-values test gives its nodes, in MiB.
 const MEMORY_MB: u64 = 256;
 
@@ -234,13 +250,8 @@ async fn large_values_keep_every_node_within_its_memory_target() {
     let started = Instant::now();
     for i in 0..count {
         let body = serde_json::json!({"value": large_value(i), "causal-metadata": cm});
-        let answer = client
-            .put(c.kv_url(0, &format!("big{i}")))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await;
+        let url = c.kv_url(0, &format!("big{i}"));
+        let answer = send_slowly(&client, reqwest::Method::PUT, &url, body).await;
         let Ok(answer) = answer else { continue };
         if answer.status().is_success() {
             let b: serde_json::Value = answer.json().await.expect("a JSON answer");
@@ -270,12 +281,8 @@ async fn large_values_keep_every_node_within_its_memory_target() {
         let body = serde_json::json!({"causal-metadata": cm});
         // A peer may still be taking the writes in (hundreds of MiB, in a debug build):
         // the read waits for them as any read with this metadata would, a few times over.
-        let answer = client
-            .get(c.kv_url(node, &format!("big{i}")))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .timeout(Duration::from_secs(60))
-            .send()
+        let url = c.kv_url(node, &format!("big{i}"));
+        let answer = send_slowly(&client, reqwest::Method::GET, &url, body)
             .await
             .expect("answered");
         assert_eq!(answer.status().as_u16(), 200, "big{i} on node {node}");
@@ -316,12 +323,8 @@ async fn large_bodies_past_the_budget_are_answered_503_at_once() {
         puts.push(tokio::spawn(async move {
             let body = serde_json::json!({"value": large_value(i), "causal-metadata": ""});
             let started = Instant::now();
-            let answer = reqwest::Client::new()
-                .put(url)
-                .header("content-type", "application/json")
-                .body(body.to_string())
-                .timeout(Duration::from_secs(60))
-                .send()
+            let client = reqwest::Client::new();
+            let answer = send_slowly(&client, reqwest::Method::PUT, &url, body)
                 .await
                 .expect("answered");
             let status = answer.status().as_u16();

@@ -386,18 +386,9 @@ async fn a_node_whose_journal_lost_writes_never_reuses_their_dots() {
     assert_eq!((s, b["value"].as_str()), (200, Some("written")), "{b}");
 }
 
-/// Syncs of node i's journal to the device so far (`kvs_storage_syncs_total`).
+/// Syncs of node i's journal to the device so far.
 async fn syncs(c: &Cluster, i: usize) -> u64 {
-    let page = reqwest::get(c.url(i, "/metrics"))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("a page");
-    page.lines()
-        .find_map(|l| l.strip_prefix("kvs_storage_syncs_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
+    metric(c, i, "kvs_storage_syncs_total").await
 }
 
 /// With `KVS_SYNC=always` a write was synced only on the node that took it: a peer

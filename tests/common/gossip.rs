@@ -10,8 +10,6 @@ use kvs::membership::auth::{DatagramKey, Stamp};
 use kvs::membership::wire::{self, DigestEntry, Envelope, Id, Message, Op};
 use tokio::net::UdpSocket;
 
-use super::Cluster;
-
 /// How long a test waits for an answer that should come (a gossip round is 200 ms).
 pub const ANSWER_WAIT: Duration = Duration::from_secs(2);
 
@@ -227,17 +225,4 @@ pub fn reset(victim: &Id) -> Vec<u8> {
         Op::SetMaxVersion(1 << 40),
     ];
     syn_ack(vec![], delta)
-}
-
-/// A sample of node i's `/metrics`, 0 if absent.
-pub async fn metric(c: &Cluster, i: usize, series: &str) -> u64 {
-    let page = reqwest::get(c.url(i, "/metrics"))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("a page");
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
 }

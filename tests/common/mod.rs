@@ -859,3 +859,16 @@ pub fn expect_error_shape(status: u16, body: &Value, want_status: u16, op: &str)
     );
     assert_eq!(obj.len(), 2, "only `error` and `message` expected: {body}");
 }
+
+/// A sample of node i's `/metrics`, 0 if absent.
+pub async fn metric(c: &Cluster, i: usize, series: &str) -> u64 {
+    let page = reqwest::get(c.url(i, "/metrics"))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("a page");
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
