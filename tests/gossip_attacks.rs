@@ -165,6 +165,15 @@ async fn a_planted_fake_node_gets_no_gossip_round() {
         "the node gossiped with the fake: {round:?}"
     );
     every_node_stays(&c).await;
+
+    // Without a secret the fake is taken in (gossip is open), and harms no node; the
+    // empty SynAck of the test above is answered there, and harms none either.
+    let open = store(false).await;
+    let mut peer = Peer::new(None).await;
+    for datagram in [planted_fake(peer.addr()), empty_syn_ack()] {
+        peer.send(&datagram, gossip_addr(&open, 0)).await;
+    }
+    every_node_stays(&open).await;
 }
 
 /// The 118-byte `SynAck` whose key version exceeds its declared max version panicked the
