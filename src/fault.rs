@@ -170,14 +170,6 @@ pub struct GossipFaults {
 }
 
 impl GossipFaults {
-    /// Faults that never happen (a node without a switch, a test).
-    pub fn none() -> Self {
-        Self {
-            cut_off: watch::channel(false).1,
-            crashes: watch::channel(0).1,
-        }
-    }
-
     pub fn wrap<T: Transport>(&self, inner: T) -> SwitchedTransport<T> {
         SwitchedTransport {
             inner,

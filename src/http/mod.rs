@@ -25,8 +25,8 @@ use crate::node::Node;
 
 /// The largest client request body accepted (413 beyond).
 pub const BODY_LIMIT: usize = 1 << 20;
-/// How long a client has to send a request's head once it connects or starts a request
-/// (408 and the connection closed after it). A client sends its head at once; a connection
+/// How long a client has to send its first request's head once it connects (408 and the
+/// connection closed after it). A client sends its head at once; a connection
 /// that trickles one holds a slot of `KVS_MAX_CLIENT_CONNECTIONS` for nothing.
 pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a client has to send a request's body once the head arrived (408 after it):

@@ -153,7 +153,6 @@ impl ViewAdmin {
 pub struct Membership {
     me: NodeId,
     gossip: Arc<Gossip>,
-    live: watch::Receiver<LiveSet>,
     relays: watch::Receiver<RelayAddresses>,
     view_state: ViewState,
     seal: GossipSeal,
@@ -198,10 +197,7 @@ impl Gossip {
 
     fn published(&self) -> Vec<(String, String)> {
         let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
-        published
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        published.clone().into_iter().collect()
     }
 }
 
@@ -545,10 +541,9 @@ impl Membership {
             me,
             gossip,
             view_state: ViewState {
-                live: live.clone(),
+                live,
                 admin: Mutex::new(ViewAdmin::default()),
             },
-            live,
             relays,
             seal,
         })
@@ -569,11 +564,11 @@ impl Membership {
     }
 
     pub fn subscribe(&self) -> watch::Receiver<LiveSet> {
-        self.live.clone()
+        self.view_state.live.clone()
     }
 
     pub fn live_set(&self) -> LiveSet {
-        self.live.borrow().clone()
+        self.view_state.live.borrow().clone()
     }
 
     /// Live nodes, less those an administrator removed.

@@ -167,6 +167,8 @@ fn now_ms() -> u64 {
 
 struct Relay {
     socket: UdpSocket,
+    /// The socket's own loopback address, where chitchat's socket sends to this peer.
+    addr: SocketAddr,
     used: Instant,
 }
 
@@ -192,9 +194,10 @@ impl Relays {
                 self.close_least_recent();
             }
             let socket = UdpSocket::bind(SocketAddr::new(self.loopback, 0)).await?;
-            self.peer_of.insert(socket.local_addr()?, peer);
+            let addr = socket.local_addr()?;
+            self.peer_of.insert(addr, peer);
             let used = Instant::now();
-            self.by_peer.insert(peer, Relay { socket, used });
+            self.by_peer.insert(peer, Relay { socket, addr, used });
         }
         let relay = self.by_peer.get_mut(&peer).expect("inserted above");
         relay.used = Instant::now();
@@ -208,9 +211,7 @@ impl Relays {
             .min_by_key(|(_, r)| r.used)
             .map(|(peer, _)| *peer);
         if let Some(relay) = oldest.and_then(|peer| self.by_peer.remove(&peer)) {
-            if let Ok(addr) = relay.socket.local_addr() {
-                self.peer_of.remove(&addr);
-            }
+            self.peer_of.remove(&relay.addr);
         }
     }
 }
@@ -247,7 +248,7 @@ impl Socket for GuardedSocket {
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
-        let relay_addr = self.relays.of(to).await?.socket.local_addr()?;
+        let relay_addr = self.relays.of(to).await?.addr;
         self.chitchat.send(relay_addr, envelope).await?;
         let Some(n) = self.take_from_chitchat(to).await? else {
             return Ok(SendOutcome { num_bytes_sent: 0 });
