@@ -37,7 +37,7 @@ pub struct NodeStats {
 impl NodeStats {
     pub fn of(node: &Node) -> Self {
         Self {
-            keys: node.live_key_count_cached(),
+            keys: node.live_key_count() as u64,
             lag: node
                 .replication_lag()
                 .into_iter()

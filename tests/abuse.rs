@@ -353,3 +353,76 @@ async fn large_bodies_past_the_budget_are_answered_503_at_once() {
         "{busy} of 8 refused: bodies past the budget were held"
     );
 }
+
+/// The scans of every stored key a node has made, from its metrics page; the series must
+/// be there.
+async fn storage_scans(c: &Cluster, i: usize) -> u64 {
+    let page = reqwest::get(c.url(i, "/metrics"))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("a page");
+    page.lines()
+        .find_map(|l| {
+            l.strip_prefix("kvs_storage_scans_total")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no kvs_storage_scans_total on node {i}'s /metrics")) as u64
+}
+
+/// A client asking for counts in a loop (a shard's key count, `/kvs/storage`, `/kvs/status`,
+/// `/metrics`) makes no node scan its store: the counts are kept as keys change, and they
+/// are exact (a delete included).
+#[tokio::test]
+async fn counts_asked_for_in_a_loop_scan_nothing() {
+    let c = Cluster::start(2, Some(1), FMT).await;
+    let mut cm = String::new();
+    for k in 0..30 {
+        let (status, body) = c.kv_put(0, &format!("k{k}"), "v", &cm).await;
+        assert_eq!(status, 201, "{body}");
+        cm = body["causal-metadata"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+    }
+    let body = serde_json::json!({"causal-metadata": cm});
+    let (status, body) = delete(&c.kv_url(0, "k0"), body).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = get(&c.url(0, "/key-value-store-shard/node-shard-id"), None).await;
+    let shard = body["shard-id"].to_string().trim_matches('"').to_owned();
+    let count_path = format!("/key-value-store-shard/shard-id-key-count/{shard}");
+    // Until the tombstone is purged, purge rounds scan (for tombstones to purge).
+    for i in 0..2 {
+        let purged = poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
+            let url = c.url(i, "/kvs/storage");
+            async move {
+                let (_, body) = get(&url, None).await;
+                (body["keys"] == 29 && body["tombstones"] == 0).then_some(())
+            }
+        })
+        .await;
+        assert!(
+            purged.is_some(),
+            "node {i} never held 29 keys and no tombstone"
+        );
+    }
+    let before = [storage_scans(&c, 0).await, storage_scans(&c, 1).await];
+    for _ in 0..25 {
+        for i in 0..2 {
+            let (_, body) = get(&c.url(i, &count_path), None).await;
+            assert_eq!(body["shard-id-key-count"], 29, "{body}");
+            let (_, body) = get(&c.url(i, "/kvs/storage"), None).await;
+            assert_eq!(
+                (&body["keys"], &body["live"]),
+                (&29.into(), &29.into()),
+                "{body}"
+            );
+            get(&c.url(i, "/kvs/status"), None).await;
+        }
+    }
+    let after = [storage_scans(&c, 0).await, storage_scans(&c, 1).await];
+    assert_eq!(before, after, "asking for counts scanned the store");
+}

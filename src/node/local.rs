@@ -24,6 +24,7 @@ use crate::peer::messages::{
 };
 use crate::recovery::{META_MAP, META_STATE};
 use crate::shard::ShardMap;
+use crate::storage::tally::Owner;
 use crate::storage::{Entry, Record, ReplicaState, Store};
 use crate::NodeId;
 
@@ -489,6 +490,7 @@ impl LocalReplica {
             lock(&self.recent).reset(next.era);
         }
         routing.replace(next);
+        self.count_owned(routing.owner(), &replica);
         if moved {
             self.synced.store(transferred, Ordering::Release);
         }
@@ -522,17 +524,33 @@ impl LocalReplica {
             .unwrap_or_else(|e| storage_failed(e))
     }
 
-    /// Drops the keys `owned` says are not this node's.
+    /// Drops the keys `owned` says are not this node's. Under the replica lock, as every
+    /// change of the store is, so that the kept key counts stay exact.
     pub fn drop_foreign_keys(&self, owned: impl Fn(&str) -> bool) {
+        let replica = lock(&self.replica);
         // A dropped key may hold this node's latest write: the state keeps its sequence.
-        self.persist_state(&lock(&self.replica));
+        self.persist_state(&replica);
         if let Err(e) = self.store.retain(owned) {
             storage_failed(e);
         }
     }
 
+    /// Counts the live keys `owner` accepts, and keeps counting them as they change (see
+    /// [`crate::storage::tally`]): at start and whenever the shard map changes.
+    pub fn count_owned(&self, owner: Owner, _replica: &Replica) {
+        if let Err(e) = self.store.own(owner) {
+            storage_failed(e);
+        }
+    }
+
+    /// Like [`LocalReplica::count_owned`], taking the replica lock.
+    pub fn count_owned_now(&self, owner: Owner) {
+        self.count_owned(owner, &lock(&self.replica));
+    }
+
+    /// What the store holds, as kept while it changes: no scan.
     pub fn storage_stats(&self) -> StorageStats {
-        let (keys, tombstones) = self.store.counts().unwrap_or_else(|e| storage_failed(e));
+        let (keys, tombstones) = self.store.counts();
         StorageStats {
             keys,
             live: keys.saturating_sub(tombstones),
@@ -540,9 +558,8 @@ impl LocalReplica {
         }
     }
 
-    pub fn live_key_count(&self, owned: impl Fn(&str) -> bool) -> usize {
-        self.store
-            .live_count(owned)
-            .unwrap_or_else(|e| storage_failed(e))
+    /// The live keys of this node's shard held here, as kept while they change: no scan.
+    pub fn live_key_count(&self) -> usize {
+        self.store.owned_live()
     }
 }

@@ -94,8 +94,6 @@ pub struct Node {
     /// since it started (see [`Node::await_counter_checked`]).
     counter_checked: AtomicBool,
     started: Instant,
-    /// The live keys of this node's shard held here, recounted at most every few seconds.
-    key_count: stats::CachedCount,
     /// An injected failure ([`crate::fault`]), when `KVS_FAULT_INJECTION` allows one.
     pub fault: Arc<FaultSwitch>,
     /// Linearizable writes' `lin-store`s to each peer, combined into batches.
@@ -127,7 +125,7 @@ impl Node {
             crate::relay::Client::with_key(config.relay_key()).cut_off_by(fault.subscribe()),
         );
         let sync = config.storage.sync;
-        Self {
+        let node = Self {
             me,
             local: LocalReplica::new(
                 start.store,
@@ -146,11 +144,12 @@ impl Node {
             copying: tokio::sync::Mutex::new(()),
             counter_checked: AtomicBool::new(counter_checked),
             started: Instant::now(),
-            key_count: stats::CachedCount::default(),
             fault,
             lin_stores: Default::default(),
             config,
-        }
+        };
+        node.local.count_owned_now(node.routing.owner());
+        node
     }
 
     /// Whether `node` is up, as gossip and the administrator's view say.
@@ -492,7 +491,6 @@ impl Node {
         if change.moved {
             self.acks.clear();
         }
-        self.key_count.invalidate();
         self.pull_wanted.notify_one();
         true
     }
@@ -509,17 +507,9 @@ impl Node {
         self.local.drop_foreign_keys(self.owned(&map));
     }
 
-    /// The live keys of this node's shard held here.
+    /// The live keys of this node's shard held here (kept as they change: no scan).
     pub fn live_key_count(&self) -> usize {
-        let map = self.routing.map();
-        self.local.live_key_count(self.owned(&map))
-    }
-
-    /// [`Node::live_key_count`], at most [`stats::KEY_COUNT_MAX_AGE`] old: for status
-    /// pages and metrics, which ask often and need no exact count.
-    pub fn live_key_count_cached(&self) -> u64 {
-        self.key_count
-            .get(stats::KEY_COUNT_MAX_AGE, || self.live_key_count())
+        self.local.live_key_count()
     }
 
     /// For each peer of this node's shard, how many of the writes this node coordinated it

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::budget::Deadline;
 use crate::error::{KvsError, Result};
 use crate::shard::{ShardId, ShardMap};
+use crate::storage::tally::Owner;
 use crate::NodeId;
 
 /// How long a request waits for this node to learn a shard map it was told exists.
@@ -68,6 +69,13 @@ impl Routing {
     pub fn shard_filter<'a>(map: &'a ShardMap, me: &NodeId) -> impl Fn(&NodeId) -> bool + 'a {
         let members = map.shard_of(me).and_then(|s| map.members(s));
         move |n| members.is_some_and(|m| m.contains(n))
+    }
+
+    /// Whether this node owns a key under the current map, as a predicate that keeps the map.
+    pub fn owner(&self) -> Owner {
+        let map = self.map();
+        let mine = map.shard_of(&self.me);
+        Arc::new(move |key| mine.is_some() && map.shard_for_key(key) == mine)
     }
 
     /// Whether `me` owns a key under `map`, as a predicate.
