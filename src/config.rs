@@ -110,6 +110,11 @@ pub struct Args {
     /// surrounding whitespace is ignored.
     #[arg(long, env = "KVS_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<String>,
+    /// The secret this node's data directory was stamped under, when rotating the cluster
+    /// secret: the directory is stamped again with the new one. Unset, a directory stamped
+    /// under another secret is refused.
+    #[arg(long, env = "KVS_CLUSTER_SECRET_PREVIOUS", hide_env_values = true)]
+    pub cluster_secret_previous: Option<String>,
     /// When set, view changes, add-member and reshard require `Authorization: Bearer
     /// <token>`; unset, they stay open as the course contract expects.
     #[arg(long, env = "KVS_ADMIN_TOKEN", hide_env_values = true)]
@@ -271,6 +276,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub write_quorum: WriteQuorum,
     pub cluster_secret: Option<ClusterSecret>,
+    /// The secret being rotated away from (`KVS_CLUSTER_SECRET_PREVIOUS`).
+    pub previous_secret: Option<ClusterSecret>,
     pub admin_token: Option<AdminToken>,
     pub fault_injection: bool,
 }
@@ -387,8 +394,11 @@ impl Config {
             .map_err(|e: QuorumError| bad("KVS_WRITE_QUORUM", e.to_string()))?;
         let cluster_secret = cluster_secret(args)?;
         let admin_token = present(&args.admin_token).map(|t| AdminToken(t.to_owned()));
+        let previous_secret =
+            present(&args.cluster_secret_previous).map(|t| ClusterSecret(t.as_bytes().to_vec()));
         Ok(Self {
             cluster_secret,
+            previous_secret,
             admin_token,
             fault_injection: args.fault_injection,
             write_quorum,
@@ -590,6 +600,7 @@ mod tests {
             write_quorum: "1".into(),
             cluster_secret: None,
             cluster_secret_file: None,
+            cluster_secret_previous: None,
             admin_token: None,
             log_format: LogFormat::Text,
             fault_injection: false,

@@ -175,7 +175,14 @@ fn open_storage(config: &Config, initial: shard::ShardMap) -> anyhow::Result<rec
         config.storage.memtable_bytes,
     )
     .map_err(|e| anyhow::anyhow!("KVS_DATA_DIR {}: {e}", dir.display()))?;
-    let start = recovery::Recovered::from_backend(Arc::new(disk), me, initial)
+    let disk = Arc::new(disk);
+    let start = recovery::Recovered::from_backend(disk.clone(), me, initial)
+        .and_then(|start| {
+            let secret = config.cluster_secret.as_ref().map(|s| s.as_bytes());
+            let previous = config.previous_secret.as_ref().map(|s| s.as_bytes());
+            recovery::DirStamp::check_and_stamp(disk.as_ref(), &start.map, secret, previous)?;
+            Ok(start)
+        })
         .map_err(|e| anyhow::anyhow!("KVS_DATA_DIR {}: {e}", dir.display()))?;
     log::info!(
         "data directory {}: {} keys, era {}, own sequence {}, recovered in {:?}",

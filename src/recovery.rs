@@ -29,6 +29,95 @@ use crate::NodeId;
 /// Names of the metadata blobs beside the data.
 pub const META_STATE: &str = "replica";
 pub const META_MAP: &str = "map";
+pub const META_STAMP: &str = "stamp";
+
+/// Which store a data directory belongs to: the store's identity (`ShardMap::store`, a
+/// digest of its first map) and a fingerprint of the cluster secret it was written under.
+/// Written at every start; a node refuses to start on a directory stamped under another
+/// secret, which is another store's (or a rotation, named by `KVS_CLUSTER_SECRET_PREVIOUS`).
+/// A directory of a store formed from other settings is found by gossip instead: most
+/// nodes of its stored map then gossip another store (`replication::pull`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DirStamp {
+    pub store: String,
+    pub secret: String,
+}
+
+impl DirStamp {
+    pub fn new(map: &ShardMap, secret: Option<&[u8]>) -> Self {
+        Self {
+            store: map.store.clone(),
+            secret: secret_fingerprint(secret),
+        }
+    }
+
+    /// Stamps `backend` for `map`'s store and `secret`, after checking that it is not
+    /// stamped for another secret (other than `previous`, a secret being rotated away).
+    pub fn check_and_stamp(
+        backend: &dyn Backend,
+        map: &ShardMap,
+        secret: Option<&[u8]>,
+        previous: Option<&[u8]>,
+    ) -> Result<(), StorageError> {
+        let now = Self::new(map, secret);
+        if let Some(bytes) = backend.get_meta(META_STAMP)? {
+            let stamped: DirStamp = serde_json::from_slice(&bytes).map_err(|e| {
+                StorageError::Damaged(format!("the directory's stamp does not decode: {e}"))
+            })?;
+            let rotating = previous.is_some_and(|p| secret_fingerprint(Some(p)) == stamped.secret);
+            // A first map from VIEW and SHARD_COUNT (none was stored) of another store than
+            // the one this directory was last started in.
+            let configured = map.epoch == 0 && !map.formed && !map.store.is_empty();
+            if configured && !stamped.store.is_empty() && stamped.store != map.store {
+                return Err(StorageError::OtherStore(format!(
+                    "this data directory belongs to another store: it was stamped for store {}, \
+                     and VIEW and SHARD_COUNT make this node start store {}; start it on an \
+                     empty directory, or with the VIEW and SHARD_COUNT its store first had",
+                    stamped.store, map.store
+                )));
+            }
+            if stamped.secret != now.secret && !rotating {
+                return Err(StorageError::OtherStore(format!(
+                    "this data directory belongs to another store: it was stamped for store \
+                     {} under {}, and this node runs {}; start it on an empty directory, or \
+                     set KVS_CLUSTER_SECRET_PREVIOUS to the old secret when rotating it",
+                    shown(&stamped.store),
+                    described(&stamped.secret),
+                    described(&now.secret)
+                )));
+            }
+        }
+        let json = serde_json::to_vec(&now).unwrap_or_default();
+        backend.put_meta(META_STAMP, &json)
+    }
+}
+
+/// 64 bits of a keyed digest of the secret, in hex (`open` without one): enough to tell
+/// secrets apart, too little to test guesses of a 16-byte secret against.
+fn secret_fingerprint(secret: Option<&[u8]>) -> String {
+    let Some(secret) = secret else {
+        return "open".to_owned();
+    };
+    blake3::derive_key("kvs data directory stamp v1", secret)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn shown(store: &str) -> &str {
+    if store.is_empty() {
+        "(none yet)"
+    } else {
+        store
+    }
+}
+
+fn described(fingerprint: &str) -> String {
+    match fingerprint {
+        "open" => "no cluster secret".to_owned(),
+        f => format!("a cluster secret with fingerprint {f}"),
+    }
+}
 
 pub struct Recovered {
     pub store: Store,
@@ -134,6 +223,33 @@ mod tests {
             },
             metadata: CausalMetadata::new(0, [(origin, seq)].into_iter().collect()).encode(),
         }
+    }
+
+    #[test]
+    fn a_directory_stamped_under_another_secret_is_refused_unless_rotating() {
+        let backend = MemoryBackend::default();
+        let (one, two) = (
+            b"secret one 0123456789".as_slice(),
+            b"secret two 0123456789".as_slice(),
+        );
+        DirStamp::check_and_stamp(&backend, &map(), Some(one), None).unwrap();
+        DirStamp::check_and_stamp(&backend, &map(), Some(one), None).unwrap();
+        for (secret, previous) in [(Some(two), None), (None, None), (Some(two), Some(two))] {
+            let refused = DirStamp::check_and_stamp(&backend, &map(), secret, previous);
+            assert!(
+                matches!(&refused, Err(StorageError::OtherStore(m)) if m.contains("another store") && !m.contains('\n')),
+                "{refused:?}"
+            );
+        }
+        DirStamp::check_and_stamp(&backend, &map(), Some(two), Some(one)).unwrap();
+        DirStamp::check_and_stamp(&backend, &map(), Some(two), None).expect("stamped again");
+        let stamp: DirStamp =
+            serde_json::from_slice(&backend.get_meta(META_STAMP).unwrap().unwrap()).unwrap();
+        assert_eq!(stamp.store, map().store);
+        assert!(
+            !stamp.secret.contains("secret"),
+            "the secret is not written"
+        );
     }
 
     #[test]

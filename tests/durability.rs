@@ -417,3 +417,145 @@ async fn peers_sync_what_they_acknowledge_with_sync_always() {
     }
     assert!(syncs(&c, 0).await >= 5, "the coordinator syncs too");
 }
+
+/// A node restarted with another cluster secret on its data directory refuses to start,
+/// with one line saying why; a rotation (every node restarted with the new secret and
+/// `KVS_CLUSTER_SECRET_PREVIOUS`) keeps the data, and the directory is stamped anew.
+#[tokio::test]
+async fn a_data_directory_of_another_secret_is_refused_at_start() {
+    let (old, new) = (
+        "the first secret, 0123456789",
+        "the second secret, 0123456789",
+    );
+    let mut c = Cluster::start_with_env(2, Some(1), FMT, &[("KVS_CLUSTER_SECRET", old)]).await;
+    must_put(&c, 0, "kept", "v", "").await;
+    c.kill(1);
+    c.set_env(1, &[("KVS_CLUSTER_SECRET", new)]);
+    c.restart(1);
+    let status = c.wait_exit(1, Duration::from_secs(30)).await;
+    assert!(
+        status.is_some(),
+        "node 1 started on a directory of another secret"
+    );
+    let line = c.last_log_line(1);
+    assert!(line.contains("belongs to another store"), "{line}");
+    for i in 0..2 {
+        c.kill(i);
+        c.set_env(
+            i,
+            &[
+                ("KVS_CLUSTER_SECRET", new),
+                ("KVS_CLUSTER_SECRET_PREVIOUS", old),
+            ],
+        );
+        c.restart(i);
+    }
+    for i in 0..2 {
+        c.wait_http(i, READY_TIMEOUT).await;
+    }
+    // Stamped under the new secret now: it starts without the old one too.
+    c.set_env(1, &[("KVS_CLUSTER_SECRET_PREVIOUS", "")]);
+    c.restart(1);
+    c.wait_http(1, READY_TIMEOUT).await;
+    let read = c
+        .poll_get(1, "kept", None, READY_TIMEOUT, |s, b| {
+            s == 200 && b["value"] == "v"
+        })
+        .await;
+    assert!(read.is_ok(), "{read:?}\n{}", c.log_tails(20));
+    c.assert_running();
+}
+
+/// Starts the first `n` nodes of `c` as a store of their own (VIEW of those, one shard),
+/// writes a key to it, and with `reshard_to`, reshards it (so that each node stores the
+/// store's map, which then wins over VIEW and SHARD_COUNT). Then kills them all and
+/// empties every directory but node 0's.
+async fn start_old_store(c: &mut Cluster, n: usize, reshard_to: Option<u32>) {
+    let members: Vec<_> = (0..n).map(|i| c.addr(i)).collect();
+    let old_view = view_string(&members);
+    for i in 0..n {
+        c.set_env(i, &[("VIEW", old_view.as_str())]);
+        c.restart(i);
+    }
+    for i in 0..n {
+        c.wait_view(i, &members, READY_TIMEOUT).await;
+    }
+    must_put(c, 0, "old", "v", "").await;
+    if let Some(count) = reshard_to {
+        let url = c.url(0, "/key-value-store-shard/reshard");
+        let (status, body) = put(&url, json!({"shard-count": count})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for i in 0..n {
+        c.kill(i);
+    }
+    for i in 1..n {
+        std::fs::remove_dir_all(c.data_dir(i)).expect("remove a node's directory");
+    }
+}
+
+/// Starts all four nodes of `c` as a new store of two shards.
+fn start_new_store(c: &mut Cluster) {
+    let new_view = c.view_string();
+    for i in 0..4 {
+        c.set_env(i, &[("VIEW", new_view.as_str()), ("SHARD_COUNT", "2")]);
+        c.restart(i);
+    }
+}
+
+/// The new store of [`start_new_store`] serves on nodes 1 to 3, without the old store's key.
+async fn new_store_serves(c: &Cluster) {
+    for i in 1..4 {
+        let url = c.url(i, "/key-value-store-shard/shard-ids");
+        let two_shards = poll_until(READY_TIMEOUT, Duration::from_millis(200), || async {
+            let (_, body) = try_get(&url, None).await.ok()?;
+            let ids = body["shard-ids"].to_string();
+            (ids.contains('0') && ids.contains('1')).then_some(())
+        })
+        .await;
+        assert!(two_shards.is_some(), "node {i}: {}", c.log_tails(20));
+    }
+    for i in 1..4 {
+        let (status, body) = c.kv_get(i, "old", None).await;
+        assert_eq!(status, 404, "node {i} serves the old store's key: {body}");
+    }
+    assert!(c.nodes[1..].iter().all(|n| n.exited().is_none()));
+}
+
+/// A node started on the data directory of an old store, with the VIEW and SHARD_COUNT of
+/// a new one at the same addresses, refuses to start, with one line saying why.
+#[tokio::test]
+async fn a_node_started_as_a_new_store_on_an_old_store_s_directory_refuses() {
+    let mut c = Cluster::spawn_some(4, 0, Some(1), FMT);
+    start_old_store(&mut c, 2, None).await;
+    start_new_store(&mut c);
+    let status = c.wait_exit(0, Duration::from_secs(30)).await;
+    assert!(
+        status.is_some(),
+        "node 0 serves an old store's data in the new one"
+    );
+    let line = c.last_log_line(0);
+    println!("node 0 stopped: {line}");
+    assert!(line.contains("belongs to another store"), "{line}");
+    new_store_serves(&c).await;
+}
+
+/// A node whose old store's map is on its directory (a store of one shard resharded to two:
+/// its map wins over VIEW and SHARD_COUNT) starts, and stops with one line saying why once gossip shows
+/// most of its map's nodes in another store; the new store neither adopts the old map nor
+/// stops.
+#[tokio::test]
+async fn a_node_holding_an_old_store_s_map_stops_and_the_new_store_goes_on() {
+    let mut c = Cluster::spawn_some(4, 0, Some(1), FMT);
+    start_old_store(&mut c, 4, Some(2)).await;
+    start_new_store(&mut c);
+    let status = c.wait_exit(0, Duration::from_secs(60)).await;
+    assert!(
+        status.is_some(),
+        "node 0 serves an old store's data in the new one"
+    );
+    let line = c.last_log_line(0);
+    println!("node 0 stopped: {line}");
+    assert!(line.contains("belongs to another store"), "{line}");
+    new_store_serves(&c).await;
+}

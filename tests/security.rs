@@ -171,9 +171,10 @@ fn a_short_cluster_secret_is_refused_at_start() {
     );
 }
 
-/// A store restarted with another secret keeps every value and still copies them between
-/// its nodes (stored tokens are read without their tag); only the tokens clients hold from
-/// before are refused.
+/// A store restarted with another secret (a rotation: `KVS_CLUSTER_SECRET_PREVIOUS` names
+/// the old one, or the data directories are refused) keeps every value and still copies
+/// them between its nodes (stored tokens are read without their tag); only the tokens
+/// clients hold from before are refused.
 #[tokio::test]
 async fn a_changed_secret_loses_no_data() {
     let mut c = Cluster::start_with_env(
@@ -193,7 +194,13 @@ async fn a_changed_secret_loses_no_data() {
     for i in 0..2 {
         c.set_env(
             i,
-            &[("KVS_CLUSTER_SECRET", "the-new-secret-of-this-store-9876")],
+            &[
+                ("KVS_CLUSTER_SECRET", "the-new-secret-of-this-store-9876"),
+                (
+                    "KVS_CLUSTER_SECRET_PREVIOUS",
+                    "the-old-secret-of-this-store-0123",
+                ),
+            ],
         );
     }
     c.kill(1);
@@ -446,6 +453,7 @@ async fn forged_gossip_values_are_ignored() {
         era: 0,
         shards: [(77, all.iter().map(|a| (*a).into()).collect())].into(),
         formed: false,
+        store: String::new(),
     };
     let forged = serde_json::to_string(&forged).unwrap();
     let cluster_id = kvs::membership::gossip_cluster_id(Some(secret.as_bytes()));

@@ -5,7 +5,7 @@
 //! gossips its applied clock; a node that sees a peer ahead of it pulls the difference. A
 //! node that restarted or joined a shard pulls everything once before it coordinates writes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -310,9 +310,22 @@ pub async fn follow_gossiped_maps(node: Arc<Node>) {
                 ))
             })
             .collect();
+        let current = node.routing.map();
+        if let Some(theirs) = another_store(&current, &node.me, &peers) {
+            // The data directory (or the map an operator gave this node) belongs to a store
+            // that no longer runs at these addresses: serving it would mix two stores.
+            log::error!(
+                "this node holds a shard map of store {}, but most of that map's nodes gossip \
+                 store {theirs}: its data directory belongs to another store; start it on an \
+                 empty KVS_DATA_DIR to join store {theirs}",
+                current.store
+            );
+            std::process::exit(2);
+        }
         let best = peers
             .iter()
             .map(|(_, m)| m)
+            .filter(|m| m.supersedes(&current))
             .reduce(|a, b| if b.supersedes(a) { b } else { a });
         if let Some(map) = best {
             if !node.reshard.is_pending() && node.install_map(map.clone(), false) {
@@ -325,6 +338,26 @@ pub async fn follow_gossiped_maps(node: Arc<Node>) {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+}
+
+/// The identity of another store, if most other nodes of `mine` gossip maps of it: the
+/// sign of a node started on an old data directory at addresses a new store now uses. Its
+/// peers each see only this one node gossip the other store, a minority, so the new store
+/// goes on. A formed first map yields to any (see [`ShardMap::supersedes`]) and is no sign.
+fn another_store(mine: &ShardMap, me: &NodeId, peers: &[(NodeId, ShardMap)]) -> Option<String> {
+    if mine.store.is_empty() || mine.is_formed_first() {
+        return None;
+    }
+    let others: BTreeSet<&NodeId> = mine.nodes().filter(|n| *n != me).collect();
+    let foreign: Vec<&ShardMap> = peers
+        .iter()
+        .filter(|(n, _)| others.contains(n))
+        .map(|(_, m)| m)
+        .filter(|m| !(m.shards.is_empty() || m.same_store(mine) || m.is_formed_first()))
+        .collect();
+    (!others.is_empty() && foreign.len() * 2 > others.len())
+        .then(|| foreign.first().map(|m| m.store.clone()))
+        .flatten()
 }
 
 fn form_map_if_none(node: &Node, peers: &[(NodeId, ShardMap)]) {
@@ -353,6 +386,40 @@ fn form_map_if_none(node: &Node, peers: &[(NodeId, ShardMap)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node stops when most other nodes of its map gossip another store's map; the nodes
+    /// of that store, which hear only it gossip its own, go on.
+    #[test]
+    fn a_node_on_another_store_s_directory_is_found_by_a_majority() {
+        let n = |i: u8| -> NodeId { format!("10.0.0.{i}:8080").parse().unwrap() };
+        let old = ShardMap::initial(&[n(1), n(2), n(3)].into_iter().collect(), 1).unwrap();
+        let new = ShardMap::initial(&(1..=4).map(n).collect(), 2).unwrap();
+        let gossiping = |maps: &[(u8, &ShardMap)]| -> Vec<(NodeId, ShardMap)> {
+            maps.iter().map(|(i, m)| (n(*i), (*m).clone())).collect()
+        };
+        let heard = gossiping(&[(2, &new), (3, &new), (4, &new)]);
+        assert_eq!(another_store(&old, &n(1), &heard), Some(new.store.clone()));
+        let heard = gossiping(&[(2, &new), (3, &old), (4, &new)]);
+        assert_eq!(
+            another_store(&old, &n(1), &heard),
+            None,
+            "one of two is no majority"
+        );
+        let heard = gossiping(&[(1, &old), (3, &new), (4, &new)]);
+        assert_eq!(
+            another_store(&new, &n(2), &heard),
+            None,
+            "the new store goes on"
+        );
+        let formed = ShardMap::formed(&(1..=3).map(n).collect(), &[PeerMap::Waiting; 2]).unwrap();
+        let heard = gossiping(&[(2, &new), (3, &new)]);
+        assert_eq!(
+            another_store(&formed, &n(1), &heard),
+            None,
+            "formed maps yield"
+        );
+    }
+
     use crate::causal::Stamp;
     use crate::peer::memory::{Fault, Handler, MemoryNetwork};
     use crate::peer::messages::Rpc;

@@ -35,6 +35,11 @@ pub struct ShardMap {
     /// wins over a map of the same epoch made with `SHARD_COUNT`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub formed: bool,
+    /// The store's identity: a digest of the first map it formed with, carried by every map
+    /// after it ([`ShardMap::origin`]). A map of another store never supersedes this one.
+    /// Empty in maps written before it existed, which then match any store.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub store: String,
 }
 
 /// What a node started without `SHARD_COUNT` knows of one live node of its `VIEW`.
@@ -60,12 +65,45 @@ impl ShardMap {
                 .or_default()
                 .insert(*node);
         }
-        Ok(Self {
+        Ok(Self::first(shards, false))
+    }
+
+    /// A store's first map, with the identity it gives the store.
+    fn first(shards: BTreeMap<ShardId, BTreeSet<NodeId>>, formed: bool) -> Self {
+        let store = Self::origin(&shards, formed);
+        Self {
             epoch: 0,
             era: 0,
             shards,
-            formed: false,
-        })
+            formed,
+            store,
+        }
+    }
+
+    /// The identity of a store whose first map had `shards` (formed or configured): 64 bits
+    /// of a BLAKE3 digest, in hex. Two stores formed from the same VIEW and `SHARD_COUNT`
+    /// share it; the data directory's stamp tells them apart by their secret
+    /// (`recovery::DirStamp`).
+    pub fn origin(shards: &BTreeMap<ShardId, BTreeSet<NodeId>>, formed: bool) -> String {
+        let mut hasher = blake3::Hasher::new_derive_key("kvs store identity v1");
+        hasher.update(&serde_json::to_vec(shards).unwrap_or_default());
+        hasher.update(&[u8::from(formed)]);
+        let digest = hasher.finalize();
+        digest.as_bytes()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// A first map formed by nodes started without `SHARD_COUNT`: it yields to any map.
+    pub fn is_formed_first(&self) -> bool {
+        self.formed && self.epoch == 0
+    }
+
+    /// Whether `other` may be a map of this map's store: the same identity, or one of the
+    /// two has none (a map without shards, or written before identities existed).
+    pub fn same_store(&self, other: &ShardMap) -> bool {
+        self.store.is_empty() || other.store.is_empty() || self.store == other.store
     }
 
     /// The map that nodes started without `SHARD_COUNT` form when none of them has one (the
@@ -86,12 +124,7 @@ impl ShardMap {
         if anyone_has_one || view.len() < MIN_REPLICAS || waiting < view.len() / 2 + 1 {
             return None;
         }
-        Some(Self {
-            epoch: 0,
-            era: 0,
-            shards: BTreeMap::from([(0, view.clone())]),
-            formed: true,
-        })
+        Some(Self::first(BTreeMap::from([(0, view.clone())]), true))
     }
 
     pub fn shard_ids(&self) -> impl Iterator<Item = ShardId> + '_ {
@@ -124,13 +157,18 @@ impl ShardMap {
         xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, self.era)
     }
 
-    /// Whether a node holding `other` should switch to `self`. Any map beats having none.
+    /// Whether a node holding `other` should switch to `self`. Any map beats having none;
+    /// a map of another store beats only a formed first map (which yields to any map made
+    /// with `SHARD_COUNT`, whose identity differs).
     pub fn supersedes(&self, other: &ShardMap) -> bool {
         if self.shards.is_empty() {
             return false;
         }
         if other.shards.is_empty() {
             return true;
+        }
+        if !(self.same_store(other) || other.is_formed_first()) {
+            return false;
         }
         let rank = |m: &ShardMap| (m.epoch, !m.formed, m.digest());
         rank(self) > rank(other)
@@ -143,6 +181,7 @@ impl ShardMap {
             era: 0,
             shards: BTreeMap::new(),
             formed: false,
+            store: String::new(),
         }
     }
 
@@ -203,6 +242,7 @@ impl ShardMap {
             era: self.era + 1,
             shards: kept,
             formed: false,
+            store: self.store.clone(),
         })
     }
 }
@@ -252,6 +292,37 @@ mod tests {
             "a node that joins a store with shards waits for add-member"
         );
         assert_eq!(ShardMap::formed(&nodes(2..=2), &[Waiting]), None);
+    }
+
+    /// A store's identity comes from its first map and stays with every map after it; a
+    /// map of another store never replaces one, however new, except a formed first map.
+    #[test]
+    fn a_map_of_another_store_never_supersedes() {
+        let ours = ShardMap::initial(&nodes(2..=5), 2).unwrap();
+        assert_eq!(ours.store.len(), 16);
+        assert_eq!(ours, ShardMap::initial(&nodes(2..=5), 2).unwrap());
+        let grown = ours
+            .with_member(0, nodes(6..=6).pop_first().unwrap())
+            .unwrap();
+        let resharded = grown.resharded(&nodes(2..=6), 2).unwrap();
+        assert_eq!((&grown.store, &resharded.store), (&ours.store, &ours.store));
+        assert!(resharded.supersedes(&ours));
+        let theirs = ShardMap::initial(&nodes(2..=5), 1).unwrap();
+        let theirs_later = theirs.resharded(&nodes(2..=7), 3).unwrap();
+        assert_ne!(theirs.store, ours.store);
+        assert!(
+            !theirs_later.supersedes(&ours),
+            "a newer map of another store"
+        );
+        assert!(!ours.supersedes(&theirs_later));
+        let formed = ShardMap::formed(&nodes(2..=5), &[PeerMap::Waiting; 3]).unwrap();
+        assert!(ours.supersedes(&formed), "a formed first map yields to any");
+        let mut old_format = theirs_later.clone();
+        old_format.store.clear();
+        assert!(
+            old_format.supersedes(&ours),
+            "maps without an identity match any"
+        );
     }
 
     #[test]

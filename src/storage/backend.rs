@@ -18,6 +18,9 @@ pub enum StorageError {
     /// What was read back is not what this node writes: the data directory is damaged.
     #[error("damaged data: {0}")]
     Damaged(String),
+    /// The data directory is stamped for another store (`recovery::DirStamp`).
+    #[error("{0}")]
+    OtherStore(String),
 }
 
 /// Changes that reach the disk together, atomically, in one journal write.

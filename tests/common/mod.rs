@@ -142,7 +142,7 @@ impl Node {
     }
 
     /// `Some(exit status)` if the process was started and has exited.
-    fn exited(&self) -> Option<String> {
+    pub fn exited(&self) -> Option<String> {
         let mut guard = self.child.lock().unwrap();
         match guard.as_mut().map(|c| c.try_wait()) {
             Some(Ok(Some(status))) => Some(status.to_string()),
@@ -432,6 +432,24 @@ impl Cluster {
         let pid = self.nodes[i].pid().expect("resume: node not running");
         send_signal(pid, "CONT");
         println!("resumed node {i} ({})", self.addr(i));
+    }
+
+    /// Waits up to `timeout` for node i to exit; its exit status, or `None` if it still runs.
+    pub async fn wait_exit(&self, i: usize, timeout: Duration) -> Option<String> {
+        poll_until(timeout, Duration::from_millis(100), || async {
+            self.nodes[i].exited()
+        })
+        .await
+    }
+
+    /// The last line node i logged.
+    pub fn last_log_line(&self, i: usize) -> String {
+        tail(&self.nodes[i].log_path, 1)
+    }
+
+    /// Node i's data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.log_dir.join(format!("node{i}-data"))
     }
 
     /// Panics (with log tails) if a started node has exited.
