@@ -62,6 +62,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Which maps [`LocalReplica::install_map`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapRule {
+    /// One that supersedes the current map ([`ShardMap::supersedes`]).
+    Supersedes,
+    /// Any map with shards of another store than the current map's.
+    AnyStore,
+}
+
 pub struct LocalReplica {
     pub store: Store,
     replica: Mutex<Replica>,
@@ -460,12 +469,17 @@ impl LocalReplica {
         me: &NodeId,
         next: ShardMap,
         transferred: bool,
+        rule: MapRule,
     ) -> Option<MapChange> {
         // Decided and installed under the replica lock, so that two maps installed at once
         // (gossip and an administrator) cannot end in the older one, in memory or on disk.
         let mut replica = lock(&self.replica);
         let current = routing.map();
-        if !next.supersedes(&current) {
+        let wins = match rule {
+            MapRule::Supersedes => next.supersedes(&current),
+            MapRule::AnyStore => !next.shards.is_empty() && !next.same_store(&current),
+        };
+        if !wins {
             return None;
         }
         let era_changed = next.era != current.era;

@@ -47,7 +47,7 @@ use crate::shard::{ShardId, ShardMap};
 use crate::storage::{Entry, Record, StorageError};
 use crate::NodeId;
 
-pub use local::{CopyPart, LocalReplica};
+pub use local::{CopyPart, LocalReplica, MapRule};
 pub use reshard::{PendingReshard, ReshardState};
 pub use routing::{Route, Routing};
 
@@ -482,9 +482,13 @@ impl Node {
     /// owns under `next` are already here (a reshard commit); otherwise a change of shard or
     /// era means this node must take in a full copy of its new shard.
     pub fn install_map(&self, next: ShardMap, transferred: bool) -> bool {
+        self.install(next, transferred, MapRule::Supersedes)
+    }
+
+    fn install(&self, next: ShardMap, transferred: bool, rule: MapRule) -> bool {
         let Some(change) = self
             .local
-            .install_map(&self.routing, &self.me, next, transferred)
+            .install_map(&self.routing, &self.me, next, transferred, rule)
         else {
             return false;
         };
@@ -493,6 +497,12 @@ impl Node {
         }
         self.pull_wanted.notify_one();
         true
+    }
+
+    /// Installs `next`, a map of another store than the current one's: for a node that
+    /// holds no key and whose peers moved on to another store (see `replication::pull`).
+    pub fn install_map_of_another_store(&self, next: ShardMap) -> bool {
+        self.install(next, false, MapRule::AnyStore)
     }
 
     /// Keys this node holds but does not own under the current map.

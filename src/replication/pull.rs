@@ -312,15 +312,7 @@ pub async fn follow_gossiped_maps(node: Arc<Node>) {
             .collect();
         let current = node.routing.map();
         if let Some(theirs) = another_store(&current, &node.me, &peers) {
-            // The data directory (or the map an operator gave this node) belongs to a store
-            // that no longer runs at these addresses: serving it would mix two stores.
-            log::error!(
-                "this node holds a shard map of store {}, but most of that map's nodes gossip \
-                 store {theirs}: its data directory belongs to another store; start it on an \
-                 empty KVS_DATA_DIR to join store {theirs}",
-                current.store
-            );
-            std::process::exit(2);
+            join_the_majority_s_store(&node, &current, theirs);
         }
         let best = peers
             .iter()
@@ -340,11 +332,40 @@ pub async fn follow_gossiped_maps(node: Arc<Node>) {
     }
 }
 
-/// The identity of another store, if most other nodes of `mine` gossip maps of it: the
+/// Most other nodes of this node's map run another store. A node that holds no key takes
+/// that store's map (it was started with a first map of its own while the others had moved
+/// on: a node given `SHARD_COUNT` in a store its peers formed without, say). One that holds
+/// keys stops: its data directory belongs to a store that no longer runs at these addresses,
+/// and serving it (or handing its keys to their owners) would mix two stores.
+fn join_the_majority_s_store(node: &Arc<Node>, current: &ShardMap, theirs: ShardMap) {
+    if node.local.storage_stats().keys == 0 {
+        log::warn!(
+            "most nodes of this node's shard map run store {}, not {}: this node holds no \
+             key, and joins it",
+            theirs.store,
+            current.store
+        );
+        if node.install_map_of_another_store(theirs) {
+            tokio::spawn(super::handoff::hand_off_foreign_keys(node.clone()));
+        }
+        return;
+    }
+    log::error!(
+        "this node holds a shard map of store {}, but most of that map's nodes gossip store \
+         {}: its data directory belongs to another store; start it on an empty KVS_DATA_DIR \
+         to join store {}",
+        current.store,
+        theirs.store,
+        theirs.store
+    );
+    std::process::exit(2);
+}
+
+/// The newest map of another store, if most other nodes of `mine` gossip maps of it: the
 /// sign of a node started on an old data directory at addresses a new store now uses. Its
 /// peers each see only this one node gossip the other store, a minority, so the new store
 /// goes on. A formed first map yields to any (see [`ShardMap::supersedes`]) and is no sign.
-fn another_store(mine: &ShardMap, me: &NodeId, peers: &[(NodeId, ShardMap)]) -> Option<String> {
+fn another_store(mine: &ShardMap, me: &NodeId, peers: &[(NodeId, ShardMap)]) -> Option<ShardMap> {
     if mine.store.is_empty() || mine.is_formed_first() {
         return None;
     }
@@ -355,9 +376,14 @@ fn another_store(mine: &ShardMap, me: &NodeId, peers: &[(NodeId, ShardMap)]) -> 
         .map(|(_, m)| m)
         .filter(|m| !(m.shards.is_empty() || m.same_store(mine) || m.is_formed_first()))
         .collect();
-    (!others.is_empty() && foreign.len() * 2 > others.len())
-        .then(|| foreign.first().map(|m| m.store.clone()))
-        .flatten()
+    let newest = foreign
+        .into_iter()
+        .reduce(|a, b| if b.supersedes(a) { b } else { a })?;
+    let of_it = peers
+        .iter()
+        .filter(|(n, m)| others.contains(n) && m.store == newest.store)
+        .count();
+    (of_it * 2 > others.len()).then(|| newest.clone())
 }
 
 fn form_map_if_none(node: &Node, peers: &[(NodeId, ShardMap)]) {
@@ -398,7 +424,7 @@ mod tests {
             maps.iter().map(|(i, m)| (n(*i), (*m).clone())).collect()
         };
         let heard = gossiping(&[(2, &new), (3, &new), (4, &new)]);
-        assert_eq!(another_store(&old, &n(1), &heard), Some(new.store.clone()));
+        assert_eq!(another_store(&old, &n(1), &heard), Some(new.clone()));
         let heard = gossiping(&[(2, &new), (3, &old), (4, &new)]);
         assert_eq!(
             another_store(&old, &n(1), &heard),
@@ -410,6 +436,15 @@ mod tests {
             another_store(&new, &n(2), &heard),
             None,
             "the new store goes on"
+        );
+        let configured = ShardMap::initial(&(1..=4).map(n).collect(), 1).unwrap();
+        let formed = ShardMap::formed(&(1..=4).map(n).collect(), &[PeerMap::Waiting; 3]).unwrap();
+        let grown = formed.with_member(0, n(5)).unwrap();
+        let heard = gossiping(&[(2, &grown), (3, &grown), (4, &configured)]);
+        assert_eq!(
+            another_store(&configured, &n(1), &heard),
+            Some(grown),
+            "a store its peers formed and grew"
         );
         let formed = ShardMap::formed(&(1..=3).map(n).collect(), &[PeerMap::Waiting; 2]).unwrap();
         let heard = gossiping(&[(2, &new), (3, &new)]);

@@ -336,7 +336,10 @@ mod tests {
         let added = formed
             .with_member(0, nodes(9..=9).into_iter().next().unwrap())
             .unwrap();
-        assert!(!added.formed && added.supersedes(&configured));
+        assert!(!added.formed && added.supersedes(&formed));
+        // Now two stores: a node holding the configured map joins the formed store's only
+        // when most of its map's nodes run it and it holds no key (`replication::pull`).
+        assert!(!added.supersedes(&configured) && !configured.supersedes(&added));
     }
 
     fn sizes(map: &ShardMap) -> Vec<usize> {
