@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use crate::identity::{NodeIdError, Source};
 use crate::NodeId;
 
 /// The tag of a name in [`put_addr`]'s form.
@@ -46,15 +47,30 @@ pub fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
-/// Reads an identity at the start of `bytes`; returns it and the bytes it took.
+/// Reads an identity at the start of `bytes` (from a vouched source: the data directory);
+/// returns it and the bytes it took.
 pub fn read_addr(bytes: &[u8]) -> Option<(NodeId, usize)> {
+    match read_addr_from(bytes, Source::Vouched)? {
+        (Some(node), used) => Some((node, used)),
+        (None, _) => None,
+    }
+}
+
+/// [`read_addr`] for a name from `source`: `None` when the bytes are not an identity;
+/// `(None, used)` for a well-formed name that `source` may not intern.
+pub fn read_addr_from(bytes: &[u8], source: Source) -> Option<(Option<NodeId>, usize)> {
     let (ip, at): (IpAddr, usize) = match bytes.first()? {
         &NAME_TAG => {
             let len = usize::from(*bytes.get(1)?);
             let name = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
             let port = u16::from_be_bytes(bytes.get(2 + len..4 + len)?.try_into().ok()?);
-            let node: NodeId = format!("{name}:{port}").parse().ok()?;
-            return matches!(node, NodeId::Name(..)).then_some((node, 4 + len));
+            return match NodeId::parse_from(&format!("{name}:{port}"), source) {
+                Ok(node @ NodeId::Name(..)) => Some((Some(node), 4 + len)),
+                Err(NodeIdError::Unknown(_) | NodeIdError::TooManyUnvouchedNames) => {
+                    Some((None, 4 + len))
+                }
+                _ => None,
+            };
         }
         4 => {
             let o: [u8; 4] = bytes.get(1..5)?.try_into().ok()?;
@@ -67,7 +83,7 @@ pub fn read_addr(bytes: &[u8]) -> Option<(NodeId, usize)> {
         _ => return None,
     };
     let port = u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?);
-    Some((NodeId::Addr(SocketAddr::new(ip, port)), at + 2))
+    Some((Some(NodeId::Addr(SocketAddr::new(ip, port))), at + 2))
 }
 
 pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {

@@ -8,12 +8,23 @@
 //! once for good. Names are interned (each distinct one is kept once for the process's
 //! life, [`MAX_NAMES`] at most), so a `NodeId` stays `Copy` and compares without a lock,
 //! which the vector clocks keyed by it do on every write.
+//!
+//! Since an interned name is never freed, who may intern one is limited by where the
+//! name comes from ([`Source`]): the configuration, shard maps and the data directory may
+//! (up to [`MAX_NAMES`]); gossip and view changes may hold at most
+//! [`MAX_UNVOUCHED_NAMES`] names that none of those has named yet (a name is vouched for,
+//! and frees its place, once a map or the configuration names it); a causal-metadata token
+//! may name only names already known. So no client or peer can fill the table with names
+//! and have every new node's name refused: at worst they use up the unvouched places, and
+//! then only gossip and view changes naming new names are refused until a map vouches.
 
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::{LazyLock, Mutex};
+
+use serde::Deserialize;
 
 /// A node's identity: an address or a name, with a port. Addresses order as socket
 /// addresses (numerically, as the course's views list them), before every name; names
@@ -28,10 +39,32 @@ pub enum NodeId {
 /// gossip or a token, and a store has far fewer nodes; the bound keeps forged tokens from
 /// growing memory.
 pub const MAX_NAMES: usize = 4096;
+/// The most names that only gossip or a view change has named at once (see the module's
+/// documentation): far more than the nodes that join a store between two maps.
+pub const MAX_UNVOUCHED_NAMES: usize = 256;
 /// The longest DNS name (RFC 1035).
 const MAX_NAME_BYTES: usize = 253;
 
-static NAMES: LazyLock<Mutex<HashSet<&'static str>>> = LazyLock::new(Default::default);
+static NAMES: LazyLock<Mutex<Names>> = LazyLock::new(Default::default);
+
+#[derive(Default)]
+struct Names {
+    all: HashSet<&'static str>,
+    /// Those of `all` that only gossip or a view change has named.
+    unvouched: HashSet<&'static str>,
+}
+
+/// Where a name being parsed comes from, which says whether it may be interned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The configuration, a shard map, the data directory: interned, and vouched for.
+    Vouched,
+    /// Gossip or a view change: interned while fewer than [`MAX_UNVOUCHED_NAMES`] names
+    /// are unvouched.
+    Unvouched,
+    /// A causal-metadata token: only a name already interned.
+    Known,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeIdError {
@@ -39,6 +72,10 @@ pub enum NodeIdError {
     Malformed(String),
     #[error("too many distinct node names (at most {MAX_NAMES})")]
     TooManyNames,
+    #[error("too many node names that no shard map names (at most {MAX_UNVOUCHED_NAMES})")]
+    TooManyUnvouchedNames,
+    #[error("'{0}' names no node known here")]
+    Unknown(String),
 }
 
 impl NodeId {
@@ -128,23 +165,43 @@ fn is_dns_name(host: &str) -> bool {
         })
 }
 
-fn intern(name: &str) -> Result<&'static str, NodeIdError> {
+fn intern(name: &str, source: Source) -> Result<&'static str, NodeIdError> {
     let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(known) = names.get(name) {
+    if let Some(&known) = names.all.get(name) {
+        if source == Source::Vouched {
+            names.unvouched.remove(known);
+        }
         return Ok(known);
     }
-    if names.len() >= MAX_NAMES {
-        return Err(NodeIdError::TooManyNames);
+    match source {
+        Source::Known => return Err(NodeIdError::Unknown(name.to_owned())),
+        Source::Unvouched if names.unvouched.len() >= MAX_UNVOUCHED_NAMES => {
+            return Err(NodeIdError::TooManyUnvouchedNames)
+        }
+        _ if names.all.len() >= MAX_NAMES => return Err(NodeIdError::TooManyNames),
+        _ => {}
     }
     let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
-    names.insert(leaked);
+    names.all.insert(leaked);
+    if source == Source::Unvouched {
+        names.unvouched.insert(leaked);
+    }
+    debug_assert!(names.unvouched.len() <= MAX_UNVOUCHED_NAMES && names.all.len() <= MAX_NAMES);
     Ok(leaked)
 }
 
 impl FromStr for NodeId {
     type Err = NodeIdError;
 
+    /// Parses a name from a vouched source ([`Source::Vouched`]); see [`NodeId::parse_from`].
     fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::parse_from(text, Source::Vouched)
+    }
+}
+
+impl NodeId {
+    /// Parses `text`, interning a name only as `source` may (see [`Source`]).
+    pub fn parse_from(text: &str, source: Source) -> Result<Self, NodeIdError> {
         let text = text.trim();
         if let Ok(addr) = text.parse::<SocketAddr>() {
             return Ok(NodeId::Addr(addr));
@@ -160,7 +217,7 @@ impl FromStr for NodeId {
         if numeric || !is_dns_name(&host) {
             return Err(malformed());
         }
-        Ok(NodeId::Name(intern(&host)?, port))
+        Ok(NodeId::Name(intern(&host, source)?, port))
     }
 }
 
@@ -190,6 +247,12 @@ impl<'de> serde::Deserialize<'de> for NodeId {
         let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
     }
+}
+
+/// Deserializes a [`NodeId`] from an unvouched source (`#[serde(deserialize_with)]`).
+pub fn unvouched<'de, D: serde::Deserializer<'de>>(d: D) -> Result<NodeId, D::Error> {
+    let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+    NodeId::parse_from(&text, Source::Unvouched).map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]
@@ -262,6 +325,43 @@ mod tests {
         assert_eq!(json, r#"["kvs-2.kvs:8080","10.0.0.1:80"]"#);
         let back: Vec<NodeId> = serde_json::from_str(&json).unwrap();
         assert_eq!(back[0], name);
+    }
+
+    /// Tokens intern nothing, and gossip and view changes at most [`MAX_UNVOUCHED_NAMES`]
+    /// names: past that, names from maps and the configuration still parse.
+    #[test]
+    fn untrusted_sources_cannot_fill_the_name_table() {
+        let unknown = "never-named.by-anyone:1";
+        for _ in 0..2 {
+            let looked_up = NodeId::parse_from(unknown, Source::Known);
+            assert!(
+                matches!(looked_up, Err(NodeIdError::Unknown(_))),
+                "{looked_up:?}"
+            );
+        }
+        let mut filled = Vec::new();
+        loop {
+            let name = format!("gossip-{}.filling:1", filled.len());
+            match NodeId::parse_from(&name, Source::Unvouched) {
+                Ok(_) => filled.push(name),
+                Err(NodeIdError::TooManyUnvouchedNames) => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(filled.len() <= MAX_UNVOUCHED_NAMES);
+        }
+        let gossip = NodeId::parse_from("one-more.filling:1", Source::Unvouched);
+        assert_eq!(gossip, Err(NodeIdError::TooManyUnvouchedNames));
+        id("vouched-after-the-fill.kvs:1");
+        assert_eq!(
+            NodeId::parse_from(&filled[0], Source::Known),
+            Ok(id(&filled[0])),
+            "an unvouched name is known"
+        );
+        // Vouching frees the places (here all, for the other tests of this process).
+        for name in &filled {
+            id(name);
+        }
+        NodeId::parse_from("one-more.filling:1", Source::Unvouched).unwrap();
     }
 
     #[tokio::test]

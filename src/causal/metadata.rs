@@ -22,7 +22,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use super::clock::VectorClock;
-use crate::codec::{put_addr, put_varint, read_addr, read_varint};
+use crate::codec::{put_addr, put_varint, read_addr_from, read_varint};
+use crate::identity::Source;
 use crate::NodeId;
 
 /// Version 1 has no issuer; version 2 ends with it.
@@ -150,7 +151,13 @@ impl CausalMetadata {
         if key.is_some_and(|key| !key.verifies(payload, tag)) {
             return Err(InvalidMetadata);
         }
-        Reader::new(payload).metadata()
+        // A client's token may name only known nodes; what the store stored or a peer sent
+        // is vouched for like the rest of the data directory (see `identity::Source`).
+        let source = match key {
+            Some(_) => Source::Known,
+            None => Source::Vouched,
+        };
+        Reader::new(payload, source).metadata()
     }
 
     /// Whether this is "no dependencies" (`""`): what a client sends before its first answer.
@@ -173,6 +180,15 @@ impl CausalMetadata {
         let mut clock = self.clock.clone();
         clock.merge(&other.clock);
         CausalMetadata::new(self.era, clock)
+    }
+
+    /// A token of `payload` (the bytes [`Self::encode`] tags) under the public checksum:
+    /// what anyone can make for a store without a cluster secret. Tests forge tokens with
+    /// it that no process could hold as a [`CausalMetadata`] (thousands of unknown names).
+    pub fn forge_unkeyed(payload: &[u8]) -> String {
+        let mut out = payload.to_vec();
+        out.extend_from_slice(&TokenKey::Checksum.tag(payload));
+        URL_SAFE_NO_PAD.encode(out)
     }
 
     pub fn encode(&self) -> String {
@@ -204,11 +220,13 @@ impl CausalMetadata {
 /// A strict decoder: any deviation from what `encode` writes is an error.
 struct Reader<'a> {
     bytes: &'a [u8],
+    /// Where the token comes from, which says which names it may intern.
+    source: Source,
 }
 
 impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        Self { bytes }
+    fn new(bytes: &'a [u8], source: Source) -> Self {
+        Self { bytes, source }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], InvalidMetadata> {
@@ -230,8 +248,13 @@ impl<'a> Reader<'a> {
         Ok(value)
     }
 
-    fn addr(&mut self) -> Result<NodeId, InvalidMetadata> {
-        let (addr, used) = read_addr(self.bytes).ok_or(InvalidMetadata)?;
+    /// A node identity; `None` for a name no node here knows in a client's token. A client's
+    /// token may name only known names (see `identity::Source`): every node that ever
+    /// coordinated a write of this node's shard is known here (from the shard maps, and from
+    /// the stamps and state on disk), so an unknown name is another shard's node that left,
+    /// or a forgery, and this node has nothing to wait for from it.
+    fn addr(&mut self) -> Result<Option<NodeId>, InvalidMetadata> {
+        let (addr, used) = read_addr_from(self.bytes, self.source).ok_or(InvalidMetadata)?;
         self.bytes = &self.bytes[used..];
         Ok(addr)
     }
@@ -253,15 +276,20 @@ impl<'a> Reader<'a> {
             let counter = self.varint()?;
             // Canonical form: strictly ascending addresses, no zero counters, none that no
             // node ever issues.
-            let impossible = counter == 0 || counter > super::MAX_COUNTER;
-            if impossible || previous.is_some_and(|p| p >= addr) {
+            if counter == 0 || counter > super::MAX_COUNTER {
+                return Err(InvalidMetadata);
+            }
+            let Some(addr) = addr else {
+                continue;
+            };
+            if previous.is_some_and(|p| p >= addr) {
                 return Err(InvalidMetadata);
             }
             previous = Some(addr);
             clock.set(addr, counter);
         }
         let issuer = match version {
-            FORMAT_WITH_ISSUER => Some(self.addr()?),
+            FORMAT_WITH_ISSUER => self.addr()?,
             _ => None,
         };
         if !self.bytes.is_empty() {
@@ -286,6 +314,32 @@ mod tests {
         .map(|(a, v)| (a.parse().unwrap(), *v))
         .collect();
         CausalMetadata::new(2, clock)
+    }
+
+    /// A client's token may name only nodes known here: an unknown name's entry is dropped
+    /// (nothing here waits on it) rather than interned, so forged tokens cannot fill the
+    /// name table. What the store itself stored is read whole.
+    #[test]
+    fn a_client_token_s_unknown_names_are_dropped_not_interned() {
+        let mut out = vec![FORMAT_VERSION];
+        put_varint(&mut out, 0);
+        put_varint(&mut out, 2);
+        put_addr(&mut out, &"10.0.0.1:80".parse().unwrap());
+        put_varint(&mut out, 3);
+        let name = b"forged-name-never-known.kvs";
+        out.extend_from_slice(&[b'n', name.len() as u8]);
+        out.extend_from_slice(name);
+        out.extend_from_slice(&80u16.to_be_bytes());
+        put_varint(&mut out, 9);
+        let token = CausalMetadata::forge_unkeyed(&out);
+        let decoded = CausalMetadata::decode_with(&token, TokenKey::Checksum).unwrap();
+        assert_eq!(decoded.clock.len(), 1);
+        let unknown = NodeId::parse_from("forged-name-never-known.kvs:80", Source::Known);
+        assert!(unknown.is_err(), "the token interned the name");
+        assert_eq!(
+            CausalMetadata::decode_stored(&token).unwrap().clock.len(),
+            2
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use super::reply::{self, Op};
 use super::{json_object, read_body, refuse_unless_admin};
 use crate::error::KvsError;
+use crate::identity::{NodeIdError, Source};
 use crate::node::Node;
 use crate::peer::messages::ViewChange;
 use crate::NodeId;
@@ -18,9 +19,16 @@ pub fn socket_address(body: &[u8]) -> Result<NodeId, KvsError> {
     let fields = json_object(body).map_err(KvsError::BadRequest)?;
     match fields.get("socket-address") {
         None | Some(Value::Null) => Err(KvsError::BadRequest("socket-address is missing".into())),
-        Some(Value::String(text)) => text.trim().parse().map_err(|_| {
-            KvsError::BadRequest(format!("socket-address '{text}' is not an ip:port address"))
-        }),
+        // A name a view change brings is unvouched until a shard map names it.
+        Some(Value::String(text)) => match NodeId::parse_from(text, Source::Unvouched) {
+            Ok(node) => Ok(node),
+            Err(NodeIdError::Malformed(_)) => Err(KvsError::BadRequest(format!(
+                "socket-address '{text}' is not an ip:port address"
+            ))),
+            Err(e) => Err(KvsError::BadRequest(format!(
+                "socket-address '{text}': {e}"
+            ))),
+        },
         Some(_) => Err(KvsError::BadRequest(
             "socket-address must be a string".into(),
         )),

@@ -27,6 +27,7 @@ pub use transport::{GossipCounters, GossipStats};
 use crate::causal::CausalMetadata;
 use crate::config::Config;
 use crate::error::KvsError;
+use crate::identity::Source;
 use crate::NodeId;
 
 /// Gossip key holding the node's shard map (JSON).
@@ -217,9 +218,10 @@ impl RelayAddresses {
     fn from_states(states: &BTreeMap<ChitchatId, chitchat::NodeState>, seal: &GossipSeal) -> Self {
         let mut out = Self::default();
         for (id, state) in states {
-            let (Ok(node), Some(port)) =
-                (id.node_id.parse::<NodeId>(), relay_port(seal, id, state))
-            else {
+            let (Ok(node), Some(port)) = (
+                NodeId::parse_from(&id.node_id, Source::Unvouched),
+                relay_port(seal, id, state),
+            ) else {
                 continue;
             };
             let newest = out
@@ -608,7 +610,7 @@ impl Membership {
         let chitchat = chitchat.lock().await;
         let mut newest: BTreeMap<NodeId, (u64, String)> = BTreeMap::new();
         for (id, state) in chitchat.node_states() {
-            let Ok(node) = id.node_id.parse::<NodeId>() else {
+            let Ok(node) = NodeId::parse_from(&id.node_id, Source::Unvouched) else {
                 continue;
             };
             let Some(value) = state
@@ -658,7 +660,7 @@ async fn follow_live_nodes(
                 },
             );
             for (id, state) in nodes.iter() {
-                let Ok(node) = id.node_id.parse::<NodeId>() else {
+                let Ok(node) = NodeId::parse_from(&id.node_id, Source::Unvouched) else {
                     continue;
                 };
                 if node == me {

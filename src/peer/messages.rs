@@ -228,6 +228,9 @@ pub struct LinVersion {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ViewChange {
     pub add: bool,
+    /// Unvouched at the receiver too (see `identity::Source`): a client's view change must
+    /// not vouch for a name at the nodes it reaches through this one.
+    #[serde(deserialize_with = "crate::identity::unvouched")]
     pub node: NodeId,
 }
 
