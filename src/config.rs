@@ -98,6 +98,11 @@ pub struct Args {
     /// resident; 32 MiB, 237 MB; 16 MiB, 198 MB (prefill 26.6k, 25.4k and 24.6k PUT/s).
     #[arg(long, env = "KVS_MEMTABLE_MB", default_value_t = 32)]
     pub memtable_mb: u64,
+    /// Space kept free on the data directory's filesystem: below it, clients' writes are
+    /// answered 507 and only replication is stored; below half of it, nothing. At least
+    /// twice the memtable plus 16 MiB (the default, 0, means that).
+    #[arg(long, env = "KVS_DISK_RESERVE_MB", default_value_t = 0)]
+    pub disk_reserve_mb: u64,
     /// Members of a shard that must hold a write before it is answered: a number,
     /// `majority` or `all`; a request's `"write-quorum"` field overrides it.
     #[arg(long, env = "KVS_WRITE_QUORUM", default_value = "1")]
@@ -215,6 +220,8 @@ pub struct StorageConfig {
     pub sync: SyncMode,
     pub cache_bytes: u64,
     pub memtable_bytes: u64,
+    /// See `storage::space`.
+    pub disk_reserve_bytes: u64,
 }
 
 /// What a node keeps of values on their way, in bytes (from `KVS_MEMORY_MB`): the part of
@@ -495,6 +502,10 @@ fn storage_config(args: &Args, me: NodeId) -> Result<StorageConfig, ConfigError>
         sync,
         cache_bytes: args.cache_mb.max(1) << 20,
         memtable_bytes: args.memtable_mb.max(1) << 20,
+        disk_reserve_bytes: crate::storage::space::reserve_for(
+            args.memtable_mb.max(1) << 20,
+            args.disk_reserve_mb.saturating_mul(1 << 20),
+        ),
     })
 }
 
@@ -597,6 +608,7 @@ mod tests {
             sync_interval_ms: 100,
             cache_mb: 64,
             memtable_mb: 32,
+            disk_reserve_mb: 0,
             write_quorum: "1".into(),
             cluster_secret: None,
             cluster_secret_file: None,

@@ -41,6 +41,11 @@ pub enum KvsError {
     /// An administrative change without the store's admin token (`KVS_ADMIN_TOKEN`).
     #[error("Admin token required: send Authorization: Bearer <token>")]
     AdminTokenRequired,
+    /// The node's disk is below its reserve (`storage::space`): it takes no client writes.
+    #[error(
+        "Insufficient storage: this node's disk is full; reads are served, and writes are taken again once space is freed"
+    )]
+    InsufficientStorage,
     /// The key belongs to another shard under this node's map: forward the request there.
     #[error("Key belongs to shard {0}")]
     NotOwner(ShardId),

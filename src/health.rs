@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::node::Node;
+use crate::storage::space::Room;
 
 pub const LIVE_PATH: &str = "/kvs/health/live";
 pub const READY_PATH: &str = "/kvs/health/ready";
@@ -48,6 +49,10 @@ impl Readiness {
             Some("a shard map (from SHARD_COUNT, the other nodes of VIEW, or an administrator)")
         } else if shard.is_some() && !node.local.is_synced() {
             Some("a copy of its shard's data from the shard's other members")
+        } else if node.local.store.room() < Room::Any {
+            // A fresh look at the disk: a node taken out of service takes no writes that
+            // would look again, and must still notice that space came back.
+            Some("space on its disk: clients' writes are refused (507) until space is freed")
         } else {
             None
         };

@@ -83,7 +83,7 @@ async fn answer_unsynced(node: &Arc<Node>, rpc: Rpc, body: &[u8]) -> Result<Vec<
         Rpc::Sync => sync(node, parse(rpc, body)?).await,
         Rpc::Absorb => {
             let absorb: Absorb = parse(rpc, body)?;
-            node.local.absorb_records(absorb.records);
+            node.local.absorb_records(absorb.records)?;
             json(&Done::yes())
         }
         Rpc::Map => install_map(node, parse(rpc, body)?),

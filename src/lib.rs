@@ -184,6 +184,13 @@ fn open_storage(config: &Config, initial: shard::ShardMap) -> anyhow::Result<rec
             Ok(start)
         })
         .map_err(|e| anyhow::anyhow!("KVS_DATA_DIR {}: {e}", dir.display()))?;
+    let start = recovery::Recovered {
+        store: start.store.with_space(storage::space::DiskSpace::new(
+            dir,
+            config.storage.disk_reserve_bytes,
+        )),
+        ..start
+    };
     log::info!(
         "data directory {}: {} keys, era {}, own sequence {}, recovered in {:?}",
         dir.display(),

@@ -143,7 +143,7 @@ pub async fn answer_store(node: &Node, store: LinStore) -> Result<LinVersion> {
     };
     let epoch = member_under(node, &first.key, store.epoch, deadline).await?;
     if epoch == store.epoch {
-        node.take_versions(store.records);
+        node.take_versions(store.records)?;
     }
     Ok(LinVersion { epoch, entry: None })
 }
@@ -433,8 +433,8 @@ async fn write_back(
     };
     let holders = gather.holders(newest);
     let mut holding = holders.len();
-    if !holders.contains(&node.me) {
-        node.take_version(record.clone());
+    // A node without room for it (`storage::space`) leaves the write-back to the others.
+    if !holders.contains(&node.me) && node.take_version(record.clone()).is_ok() {
         holding += 1;
     }
     let others: Vec<NodeId> = peers
@@ -488,7 +488,7 @@ pub async fn write(
                 node.take_version(Record {
                     key: key.to_owned(),
                     entry: newest.clone(),
-                });
+                })?;
             }
             let outcome = match node.write(key, value, deps, deadline).await {
                 // A tombstone newer than what the majority answered arrived here meanwhile.

@@ -32,6 +32,10 @@ pub struct NodeStats {
     pub ready: bool,
     /// In an injected failure ([`crate::fault`]).
     pub failed: bool,
+    /// Room on its disk (`storage::space`): `ok`, `low` (clients' writes refused, 507) or
+    /// `full` (nothing written); empty for a node in memory or one that does not say.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub disk: String,
 }
 
 impl NodeStats {
@@ -45,6 +49,12 @@ impl NodeStats {
                 .collect(),
             ready: Readiness::of(node).ready,
             failed: node.fault.is_failed(),
+            disk: node
+                .local
+                .store
+                .space()
+                .map(|(_, _, room)| room.name().to_owned())
+                .unwrap_or_default(),
         }
     }
 }
@@ -83,6 +93,9 @@ pub struct NodeStatus {
     pub lag: Option<BTreeMap<String, u64>>,
     pub ready: Option<bool>,
     pub failed: Option<bool>,
+    /// See [`NodeStats::disk`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
 }
 
 /// The answer of `GET /kvs/status`.
@@ -123,6 +136,10 @@ impl ClusterStatus {
                     keys: stats.as_ref().map(|s| s.keys),
                     ready: stats.as_ref().map(|s| s.ready),
                     failed: stats.as_ref().map(|s| s.failed),
+                    disk: stats
+                        .as_ref()
+                        .map(|s| s.disk.clone())
+                        .filter(|d| !d.is_empty()),
                     lag: stats.map(|s| s.lag),
                 }
             })

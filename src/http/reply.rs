@@ -29,6 +29,7 @@ fn status_of(error: &KvsError) -> StatusCode {
         | KvsError::NotEnoughNodes => StatusCode::BAD_REQUEST,
         KvsError::Conflict(_) => StatusCode::CONFLICT,
         KvsError::AdminTokenRequired => StatusCode::UNAUTHORIZED,
+        KvsError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
         KvsError::Unavailable
         | KvsError::WriteFateUnknown
         | KvsError::DependenciesMissing

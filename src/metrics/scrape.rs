@@ -39,6 +39,11 @@ pub const STORAGE_SYNCS: &str = "kvs_storage_syncs_total";
 /// Scans of every key stored (at start, on a change of shard map, purge rounds with
 /// tombstones, copies and reshards): never for a count.
 pub const STORAGE_SCANS: &str = "kvs_storage_scans_total";
+/// Free bytes on the data directory's filesystem, and the reserve kept.
+pub const STORAGE_FREE: &str = "kvs_storage_free_bytes";
+pub const STORAGE_RESERVE: &str = "kvs_storage_reserve_bytes";
+/// 0: writes taken; 1: clients' writes refused (507); 2: nothing written.
+pub const STORAGE_FULL: &str = "kvs_storage_disk_full";
 
 /// `GET /metrics`.
 pub async fn handle(node: web::Data<Arc<Node>>) -> HttpResponse {
@@ -78,6 +83,8 @@ pub struct NodeState {
     pub syncs: u64,
     /// Scans of every stored key so far.
     pub scans: u64,
+    /// Free bytes, reserve and room on a durable node's disk.
+    pub disk: Option<(u64, u64, crate::storage::space::Room)>,
 }
 
 impl NodeState {
@@ -104,6 +111,7 @@ impl NodeState {
             gossip: node.membership.counters().snapshot(),
             syncs: node.local.store.backend().map_or(0, |b| b.syncs()),
             scans: node.local.store.scans(),
+            disk: node.local.store.space(),
         }
     }
 
@@ -151,6 +159,20 @@ impl NodeState {
         recorder
             .register_counter(&Key::from_parts(STORAGE_SCANS, Vec::new()), &METADATA)
             .absolute(self.scans);
+        if let Some((free, reserve, room)) = self.disk {
+            use crate::storage::space::Room;
+            describe(&recorder, STORAGE_FREE, "Free bytes on the data directory's filesystem, as the last write or readiness check found them.");
+            describe(&recorder, STORAGE_RESERVE, "Bytes kept free on the data directory's filesystem (KVS_DISK_RESERVE_MB): below it clients' writes are refused, below half of it nothing is written.");
+            describe(&recorder, STORAGE_FULL, "0: writes are taken; 1: below the reserve, clients' writes are answered 507 and only replication is stored; 2: below half the reserve, nothing is written.");
+            gauge(STORAGE_FREE, Vec::new(), free as f64);
+            gauge(STORAGE_RESERVE, Vec::new(), reserve as f64);
+            let full = match room {
+                Room::Any => 0.0,
+                Room::Replication => 1.0,
+                Room::None => 2.0,
+            };
+            gauge(STORAGE_FULL, Vec::new(), full);
+        }
         recorder.handle().render()
     }
 
@@ -239,6 +261,7 @@ mod tests {
             gossip: GossipStats::default(),
             syncs: 0,
             scans: 0,
+            disk: None,
         };
         let page = state.render();
         let samples: Vec<&str> = lines(&page)
@@ -274,6 +297,7 @@ mod tests {
             gossip: GossipStats::default(),
             syncs: 0,
             scans: 0,
+            disk: None,
         };
         let page = state.render();
         assert!(!page.contains(SHARD_KEYS), "{page}");

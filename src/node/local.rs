@@ -24,6 +24,7 @@ use crate::peer::messages::{
 };
 use crate::recovery::{META_MAP, META_STATE};
 use crate::shard::ShardMap;
+use crate::storage::space::Room;
 use crate::storage::tally::Owner;
 use crate::storage::{Entry, Record, ReplicaState, Store};
 use crate::NodeId;
@@ -220,6 +221,10 @@ impl LocalReplica {
         value: Option<String>,
         deps: &CausalMetadata,
     ) -> Result<LocalWrite> {
+        // Before a sequence number is issued: a write refused here leaves no trace.
+        if self.store.room() < Room::Any {
+            return Err(KvsError::InsufficientStorage);
+        }
         let mut replica = lock(&self.replica);
         let existed = self
             .store
@@ -263,6 +268,15 @@ impl LocalReplica {
         batch: &ReplicateBatch,
         in_shard: impl Fn(&NodeId) -> bool,
     ) -> ReplicateAck {
+        if self.store.room() == Room::None {
+            // Nothing applied: the pusher keeps the writes and tries again.
+            let replica = lock(&self.replica);
+            return ReplicateAck {
+                era: replica.era(),
+                applied: replica.applied().get(&batch.origin),
+                blocked: true,
+            };
+        }
         let mut replica = lock(&self.replica);
         let before = replica.applied().get(&batch.origin);
         let mut blocked = false;
@@ -386,6 +400,9 @@ impl LocalReplica {
         part: CopyPart,
         owned: impl Fn(&str) -> bool,
     ) -> bool {
+        if self.store.room() == Room::None {
+            return false;
+        }
         let mut replica = lock(&self.replica);
         if response.era != replica.era() {
             return false;
@@ -425,17 +442,24 @@ impl LocalReplica {
         lock(&self.replica).absorb(&crate::causal::VectorClock::new(), lamport);
     }
 
-    pub fn absorb_records(&self, records: Vec<Record>) {
+    pub fn absorb_records(&self, records: Vec<Record>) -> Result<()> {
+        if self.store.room() == Room::None {
+            return Err(KvsError::InsufficientStorage);
+        }
         // Under the replica lock: the store's writers take turns (see `Store::write`).
         let replica = lock(&self.replica);
         self.persist(records.iter().map(|r| (r.key.as_str(), &r.entry)), &replica);
+        Ok(())
     }
 
     /// [`LocalReplica::absorb_records`] for the records newer than the stored versions: a
     /// linearizable operation's coordinator usually holds the newest version already, and
     /// an absorb that changes nothing would still cost a journal write (the replica state
     /// goes with every batch).
-    pub fn absorb_if_newer(&self, records: Vec<Record>) {
+    pub fn absorb_if_newer(&self, records: Vec<Record>) -> Result<()> {
+        if self.store.room() == Room::None {
+            return Err(KvsError::InsufficientStorage);
+        }
         let replica = lock(&self.replica);
         let newer: Vec<&Record> = records
             .iter()
@@ -448,6 +472,7 @@ impl LocalReplica {
         if !newer.is_empty() {
             self.persist(newer.iter().map(|r| (r.key.as_str(), &r.entry)), &replica);
         }
+        Ok(())
     }
 
     pub fn pull_request(&self, full: bool) -> SyncRequest {

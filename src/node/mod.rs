@@ -404,16 +404,16 @@ impl Node {
     /// write-back, outside the causal streams: the same write arrives by them later, and is
     /// then a no-op), and moves this node's Lamport time past it, so that a write here
     /// afterwards is stamped after it.
-    pub fn take_version(&self, record: Record) {
-        self.take_versions(vec![record]);
+    pub fn take_version(&self, record: Record) -> Result<()> {
+        self.take_versions(vec![record])
     }
 
     /// [`Node::take_version`] for many records, in one batch (one journal write).
-    pub fn take_versions(&self, records: Vec<Record>) {
+    pub fn take_versions(&self, records: Vec<Record>) -> Result<()> {
         if let Some(lamport) = records.iter().map(|r| r.entry.stamp.lamport).max() {
             self.local.observe_lamport(lamport);
         }
-        self.local.absorb_if_newer(records);
+        self.local.absorb_if_newer(records)
     }
 
     /// Applies a client's PUT (`Some(value)`) or DELETE (`None`) coordinated here.

@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod disk;
+pub mod space;
 pub mod stamps;
 pub mod tally;
 
@@ -85,6 +86,8 @@ pub struct Store {
     tally: Tally,
     /// Scans of every stored key, for the metric that shows no request pays for one.
     scans: AtomicU64,
+    /// Room on the data directory's filesystem (a durable node's).
+    space: Option<space::DiskSpace>,
 }
 
 impl Default for Table {
@@ -133,7 +136,26 @@ impl Store {
             table: Table::Engine(backend, StampCache::new(STAMP_CACHE_SLOTS)),
             tally: Tally::new(keys, tombstones),
             scans: AtomicU64::new(1),
+            space: None,
         })
+    }
+
+    /// Checks `space` before every write from now on (see [`space`]).
+    pub fn with_space(mut self, space: space::DiskSpace) -> Self {
+        self.space = Some(space);
+        self
+    }
+
+    /// What may be written now (a `statvfs`); any write without a disk to watch.
+    pub fn room(&self) -> space::Room {
+        self.space
+            .as_ref()
+            .map_or(space::Room::Any, space::DiskSpace::check)
+    }
+
+    /// What the last look at the disk found: (free bytes, reserve bytes, room).
+    pub fn space(&self) -> Option<(u64, u64, space::Room)> {
+        self.space.as_ref().map(space::DiskSpace::last)
     }
 
     pub fn backend(&self) -> Option<&Arc<dyn Backend>> {
@@ -1018,6 +1040,7 @@ mod tests {
             table: Table::Engine(Arc::new(MemoryBackend::default()), StampCache::new(1)),
             tally: Tally::default(),
             scans: AtomicU64::new(0),
+            space: None,
         };
         [Store::new(), engine, tiny_cache]
     }
