@@ -136,6 +136,26 @@ impl NodeId {
             NodeId::Name(name, port) => tokio::net::TcpStream::connect((*name, *port)).await,
         }
     }
+
+    /// [`NodeId::connect`] from `source` when it is a specific address of the peer's family
+    /// (a node's own IP, so that the peer can tell nodes apart by their source address even
+    /// when they share a host); from wherever the system picks otherwise.
+    pub async fn connect_from(
+        &self,
+        source: Option<IpAddr>,
+    ) -> std::io::Result<tokio::net::TcpStream> {
+        let target = self.resolve().await?;
+        let socket = match target {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        if let Some(source) =
+            source.filter(|s| !s.is_unspecified() && s.is_ipv4() == target.is_ipv4())
+        {
+            socket.bind(SocketAddr::new(source, 0))?;
+        }
+        socket.connect(target).await
+    }
 }
 
 impl From<SocketAddr> for NodeId {

@@ -96,10 +96,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(sync_periodically(node.clone(), interval));
     }
     tokio::spawn(admin::expire_stale_freezes(node.clone()));
-    tokio::spawn(relay::serve(
+    tokio::spawn(relay::serve_with(
         relay_listener,
         node.config.relay_key(),
         node.fault.subscribe(),
+        node::known_peers(&node),
         internal::relay_handler(node.clone()),
     ));
     tokio::spawn(node::drop_relays_to_lost_peers(node.clone()));

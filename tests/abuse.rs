@@ -459,3 +459,86 @@ async fn forged_tokens_naming_thousands_of_nodes_leave_room_for_new_names() {
     assert_eq!(status, 201, "{answer}");
     c.assert_running();
 }
+
+/// Keeps `count` silent connections open to `target` (never a byte of handshake), each
+/// opened again 100 ms after the server closes it, until `stop` turns true.
+fn hold_silent_sockets(
+    target: std::net::SocketAddr,
+    count: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..count)
+        .map(|_| {
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                while !*stop.borrow() {
+                    if let Ok(mut socket) = TcpStream::connect(target).await {
+                        let mut buf = [0u8; 64];
+                        tokio::select! {
+                            _ = socket.read(&mut buf) => {}
+                            _ = stop.changed() => return,
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        })
+        .collect()
+}
+
+/// 1,000 silent sockets held open against a node's relay port (each opened again as soon as
+/// it is closed) took every one of its 512 connection permits for 5 s at a time, so a peer
+/// that restarted could not connect to copy its shard. Now a source holds at most 4
+/// handshakes, which end within 2 s, and the peer, a source of its own, gets in: it is
+/// ready (holds its shard's data) within the usual time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_relay_sockets_leave_room_for_a_restarted_peer() {
+    let mut c = Cluster::spawn_some(2, 0, Some(1), FMT);
+    let relay_port = c.free_port_of(0);
+    c.set_env(0, &[("KVS_RELAY_PORT", &relay_port.to_string())]);
+    for i in 0..2 {
+        c.restart(i);
+    }
+    let all = c.addrs();
+    for i in 0..2 {
+        c.wait_view(i, &all, READY_TIMEOUT).await;
+    }
+    let mut cm = String::new();
+    for k in 0..20 {
+        let (status, body) = c.kv_put(0, &format!("k{k}"), "v", &cm).await;
+        assert_eq!(status, 201, "{body}");
+        cm = body["causal-metadata"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+    }
+    let target = std::net::SocketAddr::new((*c.addr(0).ip()).into(), relay_port);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let flood = hold_silent_sockets(target, 1_000, stopped);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.kill(1);
+    std::fs::remove_dir_all(c.data_dir(1)).expect("empty node 1's directory");
+    c.restart(1);
+    let url = c.url(1, "/kvs/health/ready");
+    let ready = poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let (status, _) = try_get(&url, None).await.ok()?;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    let _ = stop.send(true);
+    for task in flood {
+        task.abort();
+    }
+    assert!(
+        ready.is_some(),
+        "node 1 never copied its shard\n{}",
+        c.log_tails(20)
+    );
+    let (status, body) = c.kv_get(1, "k19", Some(&cm)).await;
+    assert_eq!(status, 200, "{body}");
+    c.assert_running();
+}

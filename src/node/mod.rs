@@ -110,6 +110,25 @@ pub(crate) fn storage_failed(error: StorageError) -> ! {
     std::process::exit(3)
 }
 
+/// Whether a relay connection's source address is one of the store's nodes: an address in
+/// the view or the shard map (nodes named by DNS are not told apart by address).
+pub fn known_peers(node: &Arc<Node>) -> crate::relay::admission::KnownPeers {
+    let node = Arc::downgrade(node);
+    Arc::new(move |source| {
+        let Some(node) = node.upgrade() else {
+            return false;
+        };
+        let map = node.routing.map();
+        let in_map = map.nodes().any(|n| n.ip() == Some(source));
+        in_map
+            || node
+                .membership
+                .view()
+                .iter()
+                .any(|n| n.ip() == Some(source))
+    })
+}
+
 impl Node {
     pub fn new(
         config: Config,
@@ -122,7 +141,9 @@ impl Node {
         // counter from the copy; one that issued nothing has nothing to reuse.
         let counter_checked = !start.synced || start.replica.own_seq() == 0;
         let relay = Arc::new(
-            crate::relay::Client::with_key(config.relay_key()).cut_off_by(fault.subscribe()),
+            crate::relay::Client::with_key(config.relay_key())
+                .cut_off_by(fault.subscribe())
+                .from_address(config.bind_address.ip()),
         );
         let sync = config.storage.sync;
         let node = Self {

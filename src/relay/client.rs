@@ -122,6 +122,8 @@ pub struct Client {
     refusals: Throttle<NodeId>,
     /// True while this node is cut off by an injected failure: nothing is sent.
     cut_off: tokio::sync::watch::Receiver<bool>,
+    /// The address connections leave from (see `NodeId::connect_from`).
+    source: Option<std::net::IpAddr>,
 }
 
 impl Default for Client {
@@ -147,7 +149,14 @@ impl Client {
             dialers: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::try_current().ok(),
             cut_off: tokio::sync::watch::channel(false).1,
+            source: None,
         }
+    }
+
+    /// Opens connections from `source` (a node's own IP; see `super::admission`).
+    pub fn from_address(mut self, source: std::net::IpAddr) -> Self {
+        self.source = Some(source);
+        self
     }
 
     /// Sends nothing while `cut_off` is true (an injected failure, see `crate::fault`):
@@ -273,7 +282,7 @@ impl Client {
         if last_failure.is_some_and(|at| at.elapsed() < REDIAL_AFTER) {
             return Err(RelayError::NotSent(addr, "unreachable a moment ago"));
         }
-        let mut socket = match timeout_at(connect_by, addr.connect()).await {
+        let mut socket = match timeout_at(connect_by, addr.connect_from(self.source)).await {
             Ok(Ok(socket)) => socket,
             failed => {
                 *last_failure = Some(Instant::now());

@@ -33,8 +33,9 @@ const PROOF: usize = 32;
 const HELLO: usize = 4 + 1 + NONCE;
 const REPLY: usize = 4 + 1 + NONCE + PROOF;
 /// How long a server waits for a connection's handshake: a connection that never says
-/// anything would otherwise hold one of the listener's connection slots.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// anything would otherwise hold a handshake place (see `admission`). The exchange is two
+/// small messages each way and a hash: milliseconds even on a slow, busy machine.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The key connections are authenticated with.
 #[derive(Clone, Copy, PartialEq, Eq)]

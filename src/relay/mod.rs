@@ -11,6 +11,7 @@
 //! (briefly) for a member's port to be known. Forwarding never uses HTTP, so a node treats
 //! every HTTP request as a client's, whatever headers it carries.
 
+pub mod admission;
 pub mod client;
 pub mod frame;
 pub mod handshake;
@@ -26,7 +27,7 @@ use tokio::sync::mpsc;
 pub use client::{Client, RelayError};
 pub use frame::{Answer, Call, Kind};
 pub use handshake::RelayKey;
-pub use server::serve;
+pub use server::{serve, serve_with};
 
 /// Calls in flight per connection, in each direction.
 pub const MAX_IN_FLIGHT: usize = 1024;

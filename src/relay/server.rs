@@ -2,6 +2,7 @@
 //! calls at once per connection; answers heartbeats at once; answers a write sent again
 //! from memory ([`super::remembered`]).
 
+use super::admission::{Admission, KnownPeers};
 use super::throttle::Throttle;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,12 +27,7 @@ fn lock(memory: &Memory) -> MutexGuard<'_, Remembered> {
     memory.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Peers keep one connection each; this leaves room for many nodes and reconnects.
-const MAX_CONNECTIONS: usize = 512;
-
-/// Accepts connections on `listener` for ever, each after its handshake with `key`,
-/// answering every call with `handler`, which returns the status and body to relay back.
-/// While `cut_off` is true (an injected failure), connections are dropped and refused.
+/// [`serve_with`] for a listener that keeps no connections for known peers.
 pub async fn serve<H, F>(
     listener: TcpListener,
     key: RelayKey,
@@ -41,7 +37,24 @@ pub async fn serve<H, F>(
     H: Fn(Call) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = (u16, Bytes)> + Send + 'static,
 {
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    serve_with(listener, key, cut_off, Arc::new(|_| false), handler).await
+}
+
+/// Accepts connections on `listener` for ever, each after its handshake with `key` and as
+/// [`super::admission`] allows (`known` says which sources are the store's nodes),
+/// answering every call with `handler`, which returns the status and body to relay back.
+/// While `cut_off` is true (an injected failure), connections are dropped and refused.
+pub async fn serve_with<H, F>(
+    listener: TcpListener,
+    key: RelayKey,
+    cut_off: watch::Receiver<bool>,
+    known: KnownPeers,
+    handler: H,
+) where
+    H: Fn(Call) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = (u16, Bytes)> + Send + 'static,
+{
+    let admission = Arc::new(Admission::new(known));
     let refusals = Arc::new(Throttle::default());
     // Shared by every connection: a write is sent again on a new connection.
     let memory = Memory::default();
@@ -59,24 +72,31 @@ pub async fn serve<H, F>(
             drop(socket);
             continue;
         }
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            log::warn!("relay listener: too many connections, refusing one");
+        let source = peer.ip();
+        let Some(handshaking) = admission.handshake(source) else {
+            let why = format_args!("relay connection from {peer} refused: too many handshakes");
+            refusals.warn(source, why);
             continue;
         };
         let handler = handler.clone();
         let memory = memory.clone();
         let refusals = refusals.clone();
         let cut_off = cut_off.clone();
+        let admission = admission.clone();
         tokio::spawn(async move {
-            match handshake::server(&mut socket, &key).await {
-                Ok(()) => tokio::select! {
-                    _ = serve_connection(socket, handler, memory) => {}
-                    _ = until_cut_off(cut_off) => {}
-                },
-                Err(e) => refusals.warn(
-                    peer.ip(),
-                    format_args!("relay connection from {peer} refused: {e}"),
-                ),
+            let shaken = handshake::server(&mut socket, &key).await;
+            drop(handshaking);
+            if let Err(e) = shaken {
+                let why = format_args!("relay connection from {peer} refused: {e}");
+                return refusals.warn(source, why);
+            }
+            let Some(permit) = admission.connection(source) else {
+                let why = format_args!("relay connection from {peer} refused: too many");
+                return refusals.warn(source, why);
+            };
+            tokio::select! {
+                _ = serve_connection(socket, handler, memory) => {}
+                _ = until_cut_off(cut_off) => {}
             }
             drop(permit);
         });
