@@ -357,20 +357,9 @@ async fn large_bodies_past_the_budget_are_answered_503_at_once() {
 /// The scans of every stored key a node has made, from its metrics page; the series must
 /// be there.
 async fn storage_scans(c: &Cluster, i: usize) -> u64 {
-    let page = reqwest::get(c.url(i, "/metrics"))
+    metric_if_shown(c, i, "kvs_storage_scans_total")
         .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("a page");
-    page.lines()
-        .find_map(|l| {
-            l.strip_prefix("kvs_storage_scans_total")?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no kvs_storage_scans_total on node {i}'s /metrics")) as u64
+        .unwrap_or_else(|| panic!("no kvs_storage_scans_total on node {i}'s /metrics"))
 }
 
 /// A client asking for counts in a loop (a shard's key count, `/kvs/storage`, `/kvs/status`,
@@ -379,15 +368,7 @@ async fn storage_scans(c: &Cluster, i: usize) -> u64 {
 #[tokio::test]
 async fn counts_asked_for_in_a_loop_scan_nothing() {
     let c = Cluster::start(2, Some(1), FMT).await;
-    let mut cm = String::new();
-    for k in 0..30 {
-        let (status, body) = c.kv_put(0, &format!("k{k}"), "v", &cm).await;
-        assert_eq!(status, 201, "{body}");
-        cm = body["causal-metadata"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-    }
+    let cm = write_keys(&c, 0, 30).await;
     let body = serde_json::json!({"causal-metadata": cm});
     let (status, body) = delete(&c.kv_url(0, "k0"), body).await;
     assert_eq!(status, 200, "{body}");
@@ -493,25 +474,8 @@ fn hold_silent_sockets(
 /// ready (holds its shard's data) within the usual time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_relay_sockets_leave_room_for_a_restarted_peer() {
-    let mut c = Cluster::spawn_some(2, 0, Some(1), FMT);
-    let relay_port = c.free_port_of(0);
-    c.set_env(0, &[("KVS_RELAY_PORT", &relay_port.to_string())]);
-    for i in 0..2 {
-        c.restart(i);
-    }
-    let all = c.addrs();
-    for i in 0..2 {
-        c.wait_view(i, &all, READY_TIMEOUT).await;
-    }
-    let mut cm = String::new();
-    for k in 0..20 {
-        let (status, body) = c.kv_put(0, &format!("k{k}"), "v", &cm).await;
-        assert_eq!(status, 201, "{body}");
-        cm = body["causal-metadata"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-    }
+    let (c, relay_port) = start_with_relay_port(2, 1, FMT).await;
+    let cm = write_keys(&c, 0, 20).await;
     let target = std::net::SocketAddr::new((*c.addr(0).ip()).into(), relay_port);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let flood = hold_silent_sockets(target, 1_000, stopped);

@@ -153,16 +153,7 @@ async fn one_paused_owner_costs_seconds_not_the_request() {
 /// forward nothing over HTTP), so the test speaks it as a forwarding node would.
 #[tokio::test]
 async fn an_owner_answers_its_own_503_within_the_budget_it_was_given() {
-    let mut c = Cluster::spawn_some(2, 0, Some(1), FMT);
-    let relay_port = c.free_port_of(0);
-    c.set_env(0, &[("KVS_RELAY_PORT", &relay_port.to_string())]);
-    for i in 0..2 {
-        c.restart(i);
-    }
-    let all = c.addrs();
-    for i in 0..2 {
-        c.wait_view(i, &all, READY_TIMEOUT).await;
-    }
+    let (c, relay_port) = start_with_relay_port(2, 1, FMT).await;
     let (s, b) = c.kv_put(0, "k", "v", "").await;
     assert_eq!(s, 201, "{b}");
     // A dependency no node will ever have: node 1's write number one million.

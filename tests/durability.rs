@@ -503,8 +503,17 @@ fn start_new_store(c: &mut Cluster) {
     }
 }
 
-/// The new store of [`start_new_store`] serves on nodes 1 to 3, without the old store's key.
-async fn new_store_serves(c: &Cluster) {
+/// Node 0, on the old store's directory, stops within `wait` with one line saying why, and
+/// the new store of [`start_new_store`] serves on nodes 1 to 3, without the old store's key.
+async fn node_0_stops_and_the_new_store_serves(c: &Cluster, wait: Duration) {
+    let status = c.wait_exit(0, wait).await;
+    assert!(
+        status.is_some(),
+        "node 0 serves an old store's data in the new one"
+    );
+    let line = c.last_log_line(0);
+    println!("node 0 stopped: {line}");
+    assert!(line.contains("belongs to another store"), "{line}");
     for i in 1..4 {
         let url = c.url(i, "/key-value-store-shard/shard-ids");
         let two_shards = poll_until(READY_TIMEOUT, Duration::from_millis(200), || async {
@@ -529,15 +538,7 @@ async fn a_node_started_as_a_new_store_on_an_old_store_s_directory_refuses() {
     let mut c = Cluster::spawn_some(4, 0, Some(1), FMT);
     start_old_store(&mut c, 2, None).await;
     start_new_store(&mut c);
-    let status = c.wait_exit(0, Duration::from_secs(30)).await;
-    assert!(
-        status.is_some(),
-        "node 0 serves an old store's data in the new one"
-    );
-    let line = c.last_log_line(0);
-    println!("node 0 stopped: {line}");
-    assert!(line.contains("belongs to another store"), "{line}");
-    new_store_serves(&c).await;
+    node_0_stops_and_the_new_store_serves(&c, Duration::from_secs(30)).await;
 }
 
 /// A node whose old store's map is on its directory (a store of one shard resharded to two:
@@ -549,13 +550,5 @@ async fn a_node_holding_an_old_store_s_map_stops_and_the_new_store_goes_on() {
     let mut c = Cluster::spawn_some(4, 0, Some(1), FMT);
     start_old_store(&mut c, 4, Some(2)).await;
     start_new_store(&mut c);
-    let status = c.wait_exit(0, Duration::from_secs(60)).await;
-    assert!(
-        status.is_some(),
-        "node 0 serves an old store's data in the new one"
-    );
-    let line = c.last_log_line(0);
-    println!("node 0 stopped: {line}");
-    assert!(line.contains("belongs to another store"), "{line}");
-    new_store_serves(&c).await;
+    node_0_stops_and_the_new_store_serves(&c, Duration::from_secs(60)).await;
 }

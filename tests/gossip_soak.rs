@@ -278,14 +278,7 @@ async fn lost(c: &Cluster, acked: &[String], cm: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a soak of minutes: ./test.sh runs it with SOAK_SECONDS=30"]
 async fn gossip_holds_under_a_hostile_sender() {
-    let seconds: u64 = std::env::var("SOAK_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    let seed: u64 = std::env::var("SOAK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
+    let (seconds, seed) = soak_settings(300);
     println!("gossip soak: seed {seed} (SOAK_SEED replays it), attack for {seconds} s");
     let c = Arc::new(
         Cluster::start_with_env(NODES, Some(2), FMT, &[("KVS_CLUSTER_SECRET", SECRET)]).await,

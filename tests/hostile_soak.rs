@@ -257,14 +257,7 @@ async fn lost(c: &Cluster, acked: &[String], cm: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a soak of minutes: ./test.sh runs it with SOAK_SECONDS=30"]
 async fn the_store_holds_under_a_hostile_client() {
-    let seconds: u64 = std::env::var("SOAK_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    let seed: u64 = std::env::var("SOAK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
+    let (seconds, seed) = soak_settings(300);
     println!("hostile soak: seed {seed} (SOAK_SEED replays it), attack for {seconds} s");
     let mut c = Cluster::spawn_some(NODES, 0, Some(2), FMT);
     let memory = MEMORY_MB.to_string();

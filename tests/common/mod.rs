@@ -880,6 +880,11 @@ pub fn expect_error_shape(status: u16, body: &Value, want_status: u16, op: &str)
 
 /// A sample of node i's `/metrics`, 0 if absent.
 pub async fn metric(c: &Cluster, i: usize, series: &str) -> u64 {
+    metric_if_shown(c, i, series).await.unwrap_or(0)
+}
+
+/// A series of node i's `/metrics`, `None` when the page does not show it.
+pub async fn metric_if_shown(c: &Cluster, i: usize, series: &str) -> Option<u64> {
     let page = reqwest::get(c.url(i, "/metrics"))
         .await
         .expect("metrics answer")
@@ -888,5 +893,49 @@ pub async fn metric(c: &Cluster, i: usize, series: &str) -> u64 {
         .expect("a page");
     page.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
+        .map(|v| v as u64)
+}
+
+/// Writes `count` keys `k0`.. through node i, each after the last (passing the metadata
+/// on); the last write's metadata.
+pub async fn write_keys(c: &Cluster, i: usize, count: usize) -> String {
+    let mut cm = String::new();
+    for k in 0..count {
+        let (status, body) = c.kv_put(i, &format!("k{k}"), "v", &cm).await;
+        assert_eq!(status, 201, "{body}");
+        cm = body["causal-metadata"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+    }
+    cm
+}
+
+/// Starts `n` nodes in `shard_count` shards, node 0's relay listener on a port chosen here
+/// (returned), and waits for every view to list every node.
+pub async fn start_with_relay_port(n: usize, shard_count: u32, fmt: &str) -> (Cluster, u16) {
+    let mut c = Cluster::spawn_some(n, 0, Some(shard_count), fmt);
+    let relay_port = c.free_port_of(0);
+    c.set_env(0, &[("KVS_RELAY_PORT", &relay_port.to_string())]);
+    for i in 0..n {
+        c.restart(i);
+    }
+    let all = c.addrs();
+    for i in 0..n {
+        c.wait_view(i, &all, READY_TIMEOUT).await;
+    }
+    (c, relay_port)
+}
+
+/// `SOAK_SECONDS` (or `default`) and `SOAK_SEED` (or a random seed) of a soak test.
+pub fn soak_settings(default_seconds: u64) -> (u64, u64) {
+    let seconds = std::env::var("SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_seconds);
+    let seed = std::env::var("SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    (seconds, seed)
 }
