@@ -130,7 +130,7 @@ pub async fn handle(
     // listing at `/key-value-store` itself.
     if !req.uri().path().starts_with(PREFIX) {
         if req.uri().path() == LISTING_PATH && req.method() == actix_web::http::Method::GET {
-            let body = match read_body(payload).await {
+            let body = match read_body(&req, payload).await {
                 Ok(body) => body,
                 Err(e) => return super::body_refused("GET", e),
             };
@@ -142,7 +142,7 @@ pub async fn handle(
     let Some(op) = Op::from_method(req.method().as_str()) else {
         return reply::method_not_allowed(req.method().as_str());
     };
-    let body = match read_body(payload).await {
+    let body = match read_body(&req, payload).await {
         Ok(body) => body,
         Err(e) => return super::body_refused(op.name(), e),
     };

@@ -70,7 +70,7 @@ async fn fail(
     if let Some(refused) = refuse_unless_admin_for(&req, &node, "POST") {
         return refused;
     }
-    let body = match read_body(payload).await {
+    let body = match read_body(&req, payload).await {
         Ok(body) => body,
         Err(e) => return super::body_refused("POST", e),
     };

@@ -142,7 +142,7 @@ async fn add_member(
     if let Some(refused) = refuse_unless_admin(&req, &node, Op::Put) {
         return refused;
     }
-    let body = match read_body(payload).await {
+    let body = match read_body(&req, payload).await {
         Ok(body) => body,
         Err(e) => return super::body_refused("PUT", e),
     };
@@ -184,7 +184,7 @@ async fn reshard(
     if let Some(refused) = refuse_unless_admin(&req, &node, Op::Put) {
         return refused;
     }
-    let body = match read_body(payload).await {
+    let body = match read_body(&req, payload).await {
         Ok(body) => body,
         Err(e) => return super::body_refused("PUT", e),
     };

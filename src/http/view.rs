@@ -58,7 +58,7 @@ pub async fn handle(
     if let Some(refused) = refuse_unless_admin(&req, &node, op) {
         return refused;
     }
-    let body = match read_body(payload).await {
+    let body = match read_body(&req, payload).await {
         Ok(body) => body,
         Err(e) => return super::body_refused(op.name(), e),
     };

@@ -714,6 +714,9 @@ impl ReplicaState {
     }
 }
 
+/// Past this size a slot keeps the block it was packed in (see [`Slot::new`]).
+const LARGE_SLOT_BYTES: usize = 16 << 10;
+
 /// A key and its current version in one allocation: `[key len u8][key][packed version]`.
 /// The table looks slots up by their key alone (`Hash`, `Eq` and `Borrow<str>` all see only
 /// the key), so a slot is both the table's key and its value.
@@ -733,6 +736,11 @@ impl Slot {
         bytes.push(key.len() as u8);
         bytes.extend_from_slice(key.as_bytes());
         packed::pack_into(entry, &mut bytes);
+        if bytes.len() > LARGE_SLOT_BYTES {
+            // A large value (a transient slot on its way to the engine, mostly) is not
+            // copied again: a copy of 1 MiB costs a fresh block's page faults.
+            return Self(bytes.into_boxed_slice());
+        }
         // Copied into a block of the exact size: shrinking the estimate in place would leave
         // a small free fragment behind every one of a million entries.
         Self(Box::from(bytes.as_slice()))
