@@ -60,6 +60,7 @@ impl DirStamp {
         previous: Option<&[u8]>,
     ) -> Result<(), StorageError> {
         let now = Self::new(map, secret);
+        let mut unchanged = false;
         if let Some(bytes) = backend.get_meta(META_STAMP)? {
             let stamped: DirStamp = serde_json::from_slice(&bytes).map_err(|e| {
                 StorageError::Damaged(format!("the directory's stamp does not decode: {e}"))
@@ -86,6 +87,11 @@ impl DirStamp {
                     described(&now.secret)
                 )));
             }
+            // A start like the last one writes nothing.
+            unchanged = stamped == now;
+        }
+        if unchanged {
+            return Ok(());
         }
         let json = serde_json::to_vec(&now).unwrap_or_default();
         backend.put_meta(META_STAMP, &json)
