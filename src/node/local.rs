@@ -268,7 +268,7 @@ impl LocalReplica {
         batch: &ReplicateBatch,
         in_shard: impl Fn(&NodeId) -> bool,
     ) -> ReplicateAck {
-        if self.store.room() == Room::None {
+        if self.is_full() {
             // Nothing applied: the pusher keeps the writes and tries again.
             let replica = lock(&self.replica);
             return ReplicateAck {
@@ -400,7 +400,7 @@ impl LocalReplica {
         part: CopyPart,
         owned: impl Fn(&str) -> bool,
     ) -> bool {
-        if self.store.room() == Room::None {
+        if self.is_full() {
             return false;
         }
         let mut replica = lock(&self.replica);
@@ -443,7 +443,7 @@ impl LocalReplica {
     }
 
     pub fn absorb_records(&self, records: Vec<Record>) -> Result<()> {
-        if self.store.room() == Room::None {
+        if self.is_full() {
             return Err(KvsError::InsufficientStorage);
         }
         // Under the replica lock: the store's writers take turns (see `Store::write`).
@@ -457,7 +457,7 @@ impl LocalReplica {
     /// an absorb that changes nothing would still cost a journal write (the replica state
     /// goes with every batch).
     pub fn absorb_if_newer(&self, records: Vec<Record>) -> Result<()> {
-        if self.store.room() == Room::None {
+        if self.is_full() {
             return Err(KvsError::InsufficientStorage);
         }
         let replica = lock(&self.replica);
@@ -509,6 +509,9 @@ impl LocalReplica {
         }
         let era_changed = next.era != current.era;
         let moved = era_changed || next.shard_of(me) != current.shard_of(me);
+        // Which keys are this node's depends only on the shard ids and its own shard: an
+        // add-member changes neither, and needs no recount (a scan under this lock).
+        let owner_changed = moved || !next.shard_ids().eq(current.shard_ids());
         log::info!(
             "shard map epoch {} -> {} (era {}), my shard {:?}",
             current.epoch,
@@ -529,7 +532,9 @@ impl LocalReplica {
             lock(&self.recent).reset(next.era);
         }
         routing.replace(next);
-        self.count_owned(routing.owner(), &replica);
+        if owner_changed {
+            self.count_owned(routing.owner(), &replica);
+        }
         if moved {
             self.synced.store(transferred, Ordering::Release);
         }
@@ -572,6 +577,12 @@ impl LocalReplica {
         if let Err(e) = self.store.retain(owned) {
             storage_failed(e);
         }
+    }
+
+    /// Whether nothing may be written, not even what other nodes acknowledged (see
+    /// `storage::space`): replication is then left with its senders.
+    fn is_full(&self) -> bool {
+        self.store.room() == Room::None
     }
 
     /// Counts the live keys `owner` accepts, and keeps counting them as they change (see
