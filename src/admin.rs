@@ -62,8 +62,8 @@ where
     F: Fn(NodeId) -> Fut,
     Fut: Future<Output = std::result::Result<(), PeerError>>,
 {
-    let calls = to.iter().map(|&p| {
-        let call = call(p);
+    let calls = to.iter().cloned().map(|p| {
+        let call = call(p.clone());
         async move { (p, call.await) }
     });
     join_all(calls)
@@ -95,7 +95,7 @@ pub async fn add_member(node: &Arc<Node>, shard: ShardId, member: NodeId) -> Res
     let next = match map.shard_of(&member) {
         Some(s) if s == shard => None,
         _ => {
-            let next = map.with_member(shard, member).map_err(map_error)?;
+            let next = map.with_member(shard, member.clone()).map_err(map_error)?;
             node.install_map(next.clone(), false);
             Some(next)
         }
@@ -107,7 +107,13 @@ pub async fn add_member(node: &Arc<Node>, shard: ShardId, member: NodeId) -> Res
         .filter(|n| *n != node.me)
         .collect();
     let epoch = node.routing.map().epoch;
-    let count = drive_add_member(node.peers.as_ref(), &everyone, member, next.as_ref(), epoch);
+    let count = drive_add_member(
+        node.peers.as_ref(),
+        &everyone,
+        member.clone(),
+        next.as_ref(),
+        epoch,
+    );
     let count = crate::metrics::timed(AdminChange::AddMember, count).await?;
     log::info!("{member} joined shard {shard} holding {} keys", count.count);
     Ok(())
@@ -133,7 +139,7 @@ pub async fn drive_add_member(
         }
     }
     peers
-        .catch_up(member, epoch, TRANSFER_TIMEOUT)
+        .catch_up(member.clone(), epoch, TRANSFER_TIMEOUT)
         .await
         .map_err(|e| {
             log::warn!("{member} could not copy its shard: {e}");
@@ -259,12 +265,13 @@ pub async fn transfer(node: &Arc<Node>, epoch: u64, participants: &[NodeId]) -> 
         .filter(|m| m.epoch == epoch)
         .ok_or_else(|| KvsError::Conflict("No such reshard is prepared here".into()))?;
     let current = node.routing.map();
-    let senders: BTreeSet<NodeId> = participants.iter().copied().collect();
+    let senders: BTreeSet<NodeId> = participants.iter().cloned().collect();
     // Select while scanning: only the keys this node must send are copied out of the store,
     // a page of them at a time from an engine, so that a node never holds more than one
     // page of its shard in memory for a transfer (half a million records, about 150 MB,
     // when it gathered everything first).
-    let mine = |key: &str| !transfer_targets(node.me, &current, &next, &senders, key).is_empty();
+    let mine =
+        |key: &str| !transfer_targets(node.me.clone(), &current, &next, &senders, key).is_empty();
     let mut after: Option<String> = None;
     loop {
         let (records, next_page) =
@@ -284,7 +291,7 @@ pub async fn transfer(node: &Arc<Node>, epoch: u64, participants: &[NodeId]) -> 
                     None,
                 ),
             };
-        let plan = plan_transfer(node.me, &current, &next, participants, records);
+        let plan = plan_transfer(node.me.clone(), &current, &next, participants, records);
         let peers = node.peers.as_ref();
         let sends = plan.into_iter().map(|(target, records)| async move {
             handoff::send_records(peers, target, &records).await
@@ -328,7 +335,7 @@ pub fn transfer_targets(
     receivers
         .iter()
         .filter(|n| !holders.contains(n))
-        .copied()
+        .cloned()
         .collect()
 }
 
@@ -341,10 +348,10 @@ pub fn plan_transfer(
     participants: &[NodeId],
     records: Vec<Record>,
 ) -> BTreeMap<NodeId, Vec<Record>> {
-    let participants: BTreeSet<NodeId> = participants.iter().copied().collect();
+    let participants: BTreeSet<NodeId> = participants.iter().cloned().collect();
     let mut plan: BTreeMap<NodeId, Vec<Record>> = BTreeMap::new();
     for record in records {
-        for target in transfer_targets(me, current, next, &participants, &record.key) {
+        for target in transfer_targets(me.clone(), current, next, &participants, &record.key) {
             plan.entry(target).or_default().push(record.clone());
         }
     }
@@ -727,10 +734,10 @@ mod tests {
             .with_member(1, "10.10.0.8:8080".parse().unwrap())
             .unwrap();
         let next = current.resharded(&all, 3).unwrap();
-        let participants: Vec<NodeId> = all.iter().copied().collect();
+        let participants: Vec<NodeId> = all.iter().cloned().collect();
         let keys: Vec<String> = (0..600).map(|i| format!("key{i}")).collect();
         let mut received: BTreeMap<(NodeId, String), usize> = BTreeMap::new();
-        for &sender in &participants {
+        for sender in participants.iter().cloned() {
             let mine: Vec<Record> = keys
                 .iter()
                 .filter(|k| {
@@ -743,7 +750,7 @@ mod tests {
                 .collect();
             for (target, records) in plan_transfer(sender, &current, &next, &participants, mine) {
                 for r in records {
-                    *received.entry((target, r.key)).or_default() += 1;
+                    *received.entry((target.clone(), r.key)).or_default() += 1;
                 }
             }
         }
@@ -752,7 +759,10 @@ mod tests {
                 .members(current.shard_for_key(key).unwrap())
                 .unwrap();
             for member in next.members(next.shard_for_key(key).unwrap()).unwrap() {
-                let times = received.get(&(*member, key.clone())).copied().unwrap_or(0);
+                let times = received
+                    .get(&(member.clone(), key.clone()))
+                    .copied()
+                    .unwrap_or(0);
                 let expected = usize::from(!old.contains(member));
                 assert_eq!(times, expected, "{key} to {member}");
             }

@@ -363,9 +363,9 @@ impl Config {
             // A pod beyond the StatefulSet's first replicas joins the store by add-member.
             _ if joins_later => None,
             None => None,
-            Some(text) => Some(parse_shard_count(text, &view, socket_address)?),
+            Some(text) => Some(parse_shard_count(text, &view, socket_address.clone())?),
         };
-        view.insert(socket_address);
+        view.insert(socket_address.clone());
         let api_format = match args.api_format.trim() {
             "" | "2019" => ApiFormat::Y2019,
             "2020" => ApiFormat::Y2020,
@@ -392,7 +392,7 @@ impl Config {
                 "must be between 16 and 1000000",
             ));
         }
-        let storage = storage_config(args, socket_address)?;
+        let storage = storage_config(args, socket_address.clone())?;
         let memory =
             MemoryBudget::new(args.memory_mb, &storage).map_err(|e| bad("KVS_MEMORY_MB", e))?;
         let write_quorum = args
@@ -540,7 +540,7 @@ fn statefulset_view(me: &NodeId, replicas: u32) -> Result<(BTreeSet<NodeId>, boo
         let text = format!("{set}-{i}{dot}{rest}:{port}");
         view.insert(parse_node(VARIABLE, &text)?);
     }
-    view.insert(*me);
+    view.insert(me.clone());
     Ok((view, ordinal >= replicas))
 }
 

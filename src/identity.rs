@@ -5,53 +5,132 @@
 //!
 //! A name is the identity: a pod that restarts keeps its name and gets a new IP, so a name
 //! is resolved when a connection is opened, and again for every new connection, never
-//! once for good. Names are interned (each distinct one is kept once for the process's
-//! life, [`MAX_NAMES`] at most), so a `NodeId` stays `Copy` and compares without a lock,
-//! which the vector clocks keyed by it do on every write.
+//! once for good. Names are interned: each distinct name held anywhere in the process is
+//! kept once, shared ([`Name`]), and freed with its last holder, so that comparing the
+//! identities in the vector clocks, which every write does, is mostly a pointer compare.
 //!
-//! Since an interned name is never freed, who may intern one is limited by where the
-//! name comes from ([`Source`]): the configuration, shard maps and the data directory may
-//! (up to [`MAX_NAMES`]); gossip and view changes may hold at most
-//! [`MAX_UNVOUCHED_NAMES`] names that none of those has named yet (a name is vouched for,
-//! and frees its place, once a map or the configuration names it); a causal-metadata token
-//! may name only names already known. So no client or peer can fill the table with names
-//! and have every new node's name refused: at worst they use up the unvouched places, and
-//! then only gossip and view changes naming new names are refused until a map vouches.
+//! Who may intern a name is limited by where it comes from ([`Source`]): the configuration,
+//! shard maps and the data directory may (up to [`MAX_NAMES`] held at once); gossip and view
+//! changes may hold at most [`MAX_UNVOUCHED_NAMES`] names that none of those has named (a
+//! name is vouched for once a map or the configuration names it); a causal-metadata token
+//! may name only names held now. A name that nothing holds any more (a node gossip
+//! mentioned and then forgot, one a view change added and a later one removed) ages out: it
+//! is freed, and its place with it. So no client or peer can fill the table with names and
+//! have every new node's name refused: at worst they hold the unvouched places for as long
+//! as the view or gossip holds their names, and only names from gossip and view changes
+//! are refused meanwhile.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use serde::Deserialize;
 
 /// A node's identity: an address or a name, with a port. Addresses order as socket
 /// addresses (numerically, as the course's views list them), before every name; names
 /// order by their text, so that every node derives the same shard map from one `VIEW`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum NodeId {
     Addr(SocketAddr),
-    Name(&'static str, u16),
+    Name(Name, u16),
 }
 
-/// The most distinct names one process interns: every name comes from configuration,
-/// gossip or a token, and a store has far fewer nodes; the bound keeps forged tokens from
+/// A node's DNS name, lower case, without a trailing dot; one shared copy per distinct name
+/// (see the module's documentation). Compares, hashes and orders as its text.
+#[derive(Clone)]
+pub struct Name(Arc<str>);
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Self) -> bool {
+        // One copy per name is held at a time, so equal names are mostly the same copy.
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for Name {}
+
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state)
+    }
+}
+
+impl PartialOrd for Name {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Name {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+/// The most distinct names held at once: every name comes from configuration, gossip or a
+/// view change, and a store has far fewer nodes; the bound keeps a faulty source from
 /// growing memory.
 pub const MAX_NAMES: usize = 4096;
-/// The most names that only gossip or a view change has named at once (see the module's
-/// documentation): far more than the nodes that join a store between two maps.
+/// The most names held at once that only gossip or a view change has named (see the
+/// module's documentation): far more than the nodes that join a store between two maps.
 pub const MAX_UNVOUCHED_NAMES: usize = 256;
 /// The longest DNS name (RFC 1035).
 const MAX_NAME_BYTES: usize = 253;
 
 static NAMES: LazyLock<Mutex<Names>> = LazyLock::new(Default::default);
 
+/// The names interned, by text: each entry's copy lives as long as someone holds it.
 #[derive(Default)]
 struct Names {
-    all: HashSet<&'static str>,
-    /// Those of `all` that only gossip or a view change has named.
-    unvouched: HashSet<&'static str>,
+    all: HashMap<Box<str>, Interned>,
+}
+
+struct Interned {
+    copy: Weak<str>,
+    /// Whether a vouched source named it (see [`Source`]).
+    vouched: bool,
+}
+
+impl Names {
+    /// Forgets the names no one holds any more.
+    fn age_out(&mut self) {
+        self.all.retain(|_, entry| entry.copy.strong_count() > 0);
+    }
+
+    /// Names held now that no vouched source has named.
+    fn unvouched(&self) -> usize {
+        self.all
+            .values()
+            .filter(|e| !e.vouched && e.copy.strong_count() > 0)
+            .count()
+    }
 }
 
 /// Where a name being parsed comes from, which says whether it may be interned.
@@ -70,7 +149,7 @@ pub enum Source {
 pub enum NodeIdError {
     #[error("'{0}' is not an ip:port socket address or a host:port name")]
     Malformed(String),
-    #[error("too many distinct node names (at most {MAX_NAMES})")]
+    #[error("too many distinct node names held (at most {MAX_NAMES})")]
     TooManyNames,
     #[error("too many node names that no shard map names (at most {MAX_UNVOUCHED_NAMES})")]
     TooManyUnvouchedNames,
@@ -98,7 +177,7 @@ impl NodeId {
     pub fn with_port(&self, port: u16) -> NodeId {
         match self {
             NodeId::Addr(a) => NodeId::Addr(SocketAddr::new(a.ip(), port)),
-            NodeId::Name(name, _) => NodeId::Name(name, port),
+            NodeId::Name(name, _) => NodeId::Name(name.clone(), port),
         }
     }
 
@@ -106,7 +185,7 @@ impl NodeId {
     pub fn host(&self) -> String {
         match self {
             NodeId::Addr(a) => a.ip().to_string(),
-            NodeId::Name(name, _) => (*name).to_owned(),
+            NodeId::Name(name, _) => name.as_str().to_owned(),
         }
     }
 
@@ -117,8 +196,9 @@ impl NodeId {
         match self {
             NodeId::Addr(a) => Ok(*a),
             NodeId::Name(name, port) => {
-                let found: Vec<SocketAddr> =
-                    tokio::net::lookup_host((*name, *port)).await?.collect();
+                let found: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), *port))
+                    .await?
+                    .collect();
                 found
                     .iter()
                     .find(|a| a.is_ipv4())
@@ -133,7 +213,9 @@ impl NodeId {
     pub async fn connect(&self) -> std::io::Result<tokio::net::TcpStream> {
         match self {
             NodeId::Addr(a) => tokio::net::TcpStream::connect(a).await,
-            NodeId::Name(name, port) => tokio::net::TcpStream::connect((*name, *port)).await,
+            NodeId::Name(name, port) => {
+                tokio::net::TcpStream::connect((name.as_str(), *port)).await
+            }
         }
     }
 
@@ -185,29 +267,35 @@ fn is_dns_name(host: &str) -> bool {
         })
 }
 
-fn intern(name: &str, source: Source) -> Result<&'static str, NodeIdError> {
+fn intern(name: &str, source: Source) -> Result<Name, NodeIdError> {
     let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(&known) = names.all.get(name) {
-        if source == Source::Vouched {
-            names.unvouched.remove(known);
+    if let Some(entry) = names.all.get_mut(name) {
+        if let Some(held) = entry.copy.upgrade() {
+            entry.vouched |= source == Source::Vouched;
+            return Ok(Name(held));
         }
-        return Ok(known);
     }
     match source {
         Source::Known => return Err(NodeIdError::Unknown(name.to_owned())),
-        Source::Unvouched if names.unvouched.len() >= MAX_UNVOUCHED_NAMES => {
+        Source::Unvouched if names.unvouched() >= MAX_UNVOUCHED_NAMES => {
             return Err(NodeIdError::TooManyUnvouchedNames)
         }
-        _ if names.all.len() >= MAX_NAMES => return Err(NodeIdError::TooManyNames),
         _ => {}
     }
-    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
-    names.all.insert(leaked);
-    if source == Source::Unvouched {
-        names.unvouched.insert(leaked);
+    if names.all.len() >= MAX_NAMES {
+        names.age_out();
+        if names.all.len() >= MAX_NAMES {
+            return Err(NodeIdError::TooManyNames);
+        }
     }
-    debug_assert!(names.unvouched.len() <= MAX_UNVOUCHED_NAMES && names.all.len() <= MAX_NAMES);
-    Ok(leaked)
+    let copy: Arc<str> = Arc::from(name);
+    let entry = Interned {
+        copy: Arc::downgrade(&copy),
+        vouched: source == Source::Vouched,
+    };
+    names.all.insert(name.into(), entry);
+    debug_assert!(names.all.len() <= MAX_NAMES);
+    Ok(Name(copy))
 }
 
 impl FromStr for NodeId {
@@ -245,7 +333,7 @@ impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NodeId::Addr(a) => a.fmt(f),
-            NodeId::Name(name, port) => write!(f, "{name}:{port}"),
+            NodeId::Name(name, port) => write!(f, "{}:{port}", name.as_str()),
         }
     }
 }
@@ -341,16 +429,18 @@ mod tests {
     #[test]
     fn identities_travel_as_strings() {
         let name = id("kvs-2.kvs:8080");
-        let json = serde_json::to_string(&vec![name, id("10.0.0.1:80")]).unwrap();
+        let json = serde_json::to_string(&vec![name.clone(), id("10.0.0.1:80")]).unwrap();
         assert_eq!(json, r#"["kvs-2.kvs:8080","10.0.0.1:80"]"#);
         let back: Vec<NodeId> = serde_json::from_str(&json).unwrap();
         assert_eq!(back[0], name);
     }
 
-    /// Tokens intern nothing, and gossip and view changes at most [`MAX_UNVOUCHED_NAMES`]
-    /// names: past that, names from maps and the configuration still parse.
+    /// Tokens intern nothing, and gossip and view changes hold at most
+    /// [`MAX_UNVOUCHED_NAMES`] names: past that, names from maps and the configuration still
+    /// parse.
     #[test]
     fn untrusted_sources_cannot_fill_the_name_table() {
+        let _alone = TABLE_TESTS.lock().unwrap_or_else(|p| p.into_inner());
         let unknown = "never-named.by-anyone:1";
         for _ in 0..2 {
             let looked_up = NodeId::parse_from(unknown, Source::Known);
@@ -359,29 +449,66 @@ mod tests {
                 "{looked_up:?}"
             );
         }
+        let filled = fill_unvouched("filling");
+        let gossip = NodeId::parse_from("one-more.filling:1", Source::Unvouched);
+        assert_eq!(gossip, Err(NodeIdError::TooManyUnvouchedNames));
+        let vouched = id("vouched-after-the-fill.kvs:1");
+        assert_eq!(
+            NodeId::parse_from(&filled[0].to_string(), Source::Known).as_ref(),
+            Ok(&filled[0]),
+            "an unvouched name held is known"
+        );
+        // Vouching frees a place.
+        let now_vouched = id(&filled[0].to_string());
+        NodeId::parse_from("one-more.filling:1", Source::Unvouched).unwrap();
+        drop((filled, vouched, now_vouched));
+    }
+
+    /// The attack the bound alone did not stop: names that gossip or a view change named
+    /// once, then forgot, held their places for the process's life.
+    #[test]
+    fn names_no_one_holds_age_out_and_free_their_places() {
+        let _alone = TABLE_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+        for round in 0..4 {
+            let filled = fill_unvouched(&format!("round{round}"));
+            assert_eq!(
+                NodeId::parse_from(&format!("late.round{round}:1"), Source::Unvouched),
+                Err(NodeIdError::TooManyUnvouchedNames)
+            );
+            let first = filled[0].to_string();
+            drop(filled);
+            assert_eq!(
+                NodeId::parse_from(&first, Source::Known),
+                Err(NodeIdError::Unknown(
+                    first.trim_end_matches(":1").to_owned()
+                )),
+                "a name no one holds is forgotten"
+            );
+        }
+        // A vouched name held forever is not dropped, and one dropped is forgotten too.
+        let kept = id("kept.vouched:1");
+        drop(id("dropped.vouched:1"));
+        assert!(NodeId::parse_from("kept.vouched:7", Source::Known).is_ok());
+        assert!(NodeId::parse_from("dropped.vouched:7", Source::Known).is_err());
+        drop(kept);
+    }
+
+    /// The tests that fill the unvouched places run one at a time.
+    static TABLE_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Interns unvouched names `gossip-<n>.<tag>:1` until refused; returns them, held.
+    fn fill_unvouched(tag: &str) -> Vec<NodeId> {
         let mut filled = Vec::new();
         loop {
-            let name = format!("gossip-{}.filling:1", filled.len());
+            let name = format!("gossip-{}.{tag}:1", filled.len());
             match NodeId::parse_from(&name, Source::Unvouched) {
-                Ok(_) => filled.push(name),
+                Ok(node) => filled.push(node),
                 Err(NodeIdError::TooManyUnvouchedNames) => break,
                 Err(e) => panic!("{e}"),
             }
             assert!(filled.len() <= MAX_UNVOUCHED_NAMES);
         }
-        let gossip = NodeId::parse_from("one-more.filling:1", Source::Unvouched);
-        assert_eq!(gossip, Err(NodeIdError::TooManyUnvouchedNames));
-        id("vouched-after-the-fill.kvs:1");
-        assert_eq!(
-            NodeId::parse_from(&filled[0], Source::Known),
-            Ok(id(&filled[0])),
-            "an unvouched name is known"
-        );
-        // Vouching frees the places (here all, for the other tests of this process).
-        for name in &filled {
-            id(name);
-        }
-        NodeId::parse_from("one-more.filling:1", Source::Unvouched).unwrap();
+        filled
     }
 
     #[tokio::test]

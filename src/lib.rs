@@ -164,7 +164,7 @@ fn announce_secrets(config: &Config) {
 
 /// The node's data and state: read back from its data directory, or new (`--in-memory`).
 fn open_storage(config: &Config, initial: shard::ShardMap) -> anyhow::Result<recovery::Recovered> {
-    let me = config.socket_address;
+    let me = config.socket_address.clone();
     let Some(dir) = &config.storage.dir else {
         log::warn!("data is kept in memory only (--in-memory): a restarted node starts empty");
         return Ok(recovery::Recovered::in_memory(me, initial));

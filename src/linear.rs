@@ -96,7 +96,7 @@ impl Gather {
         self.answers
             .iter()
             .filter_map(|(_, e)| e.as_ref())
-            .max_by_key(|e| e.stamp)
+            .max_by_key(|e| e.stamp.clone())
     }
 
     /// The answering members that hold `newest` (or a newer version).
@@ -104,7 +104,7 @@ impl Gather {
         self.answers
             .iter()
             .filter(|(_, e)| e.as_ref().is_some_and(|e| e.stamp >= newest.stamp))
-            .map(|(n, _)| *n)
+            .map(|(n, _)| n.clone())
             .collect()
     }
 }
@@ -119,7 +119,7 @@ fn shard_peers(node: &Node, key: &str) -> Result<(u64, usize, Vec<NodeId>)> {
         ));
     };
     let members: BTreeSet<NodeId> = map.members(shard).cloned().unwrap_or_default();
-    let peers = members.iter().filter(|m| **m != node.me).copied().collect();
+    let peers = members.iter().filter(|m| **m != node.me).cloned().collect();
     Ok((map.epoch, members.len(), peers))
 }
 
@@ -187,8 +187,10 @@ enum Taken {
 /// The order in which a round asks peers: those gossip sees up first, rotated from round
 /// to round so that coordinators spread their rounds over the shard; the others last.
 fn ask_order(node: &Node, peers: &[NodeId]) -> Vec<NodeId> {
-    let (mut up, down): (Vec<NodeId>, Vec<NodeId>) =
-        peers.iter().partition(|p| node.membership.is_up(p));
+    let (mut up, down): (Vec<NodeId>, Vec<NodeId>) = peers
+        .iter()
+        .cloned()
+        .partition(|p| node.membership.is_up(p));
     if !up.is_empty() {
         let turn = ROTATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let len = up.len();
@@ -214,7 +216,7 @@ where
     Fut: std::future::Future<Output = std::result::Result<T, crate::peer::PeerError>>,
 {
     let call = &call;
-    let asked = |peer: NodeId| async move { (peer, call(peer).await) };
+    let asked = |peer: NodeId| async move { (peer.clone(), call(peer).await) };
     let mut rest = order.into_iter();
     let mut calls = FuturesUnordered::new();
     for peer in rest.by_ref().take(first.max(1)) {
@@ -264,7 +266,7 @@ async fn query(
     node.await_synced(deadline).await?;
     let mut gather = Gather::new(epoch, members);
     gather.add(
-        node.me,
+        node.me.clone(),
         LinVersion {
             epoch,
             entry: node.local_version(key),
@@ -314,10 +316,10 @@ async fn store(
     }
     let budget_ms = budget_ms(deadline)?;
     let mut newer_map = false;
-    let call = |peer| {
+    let call = |peer: NodeId| {
         let combined = node.lin_stores.store(
             node.peers.clone(),
-            peer,
+            peer.clone(),
             epoch,
             record.clone(),
             budget_ms,
@@ -440,7 +442,7 @@ async fn write_back(
     let others: Vec<NodeId> = peers
         .iter()
         .filter(|p| !holders.contains(p))
-        .copied()
+        .cloned()
         .collect();
     let needed = gather.needed();
     store(
@@ -547,7 +549,7 @@ mod tests {
             let holders = self.holders(newest);
             self.answers
                 .iter()
-                .map(|(n, _)| *n)
+                .map(|(n, _)| n.clone())
                 .filter(|n| !holders.contains(n))
                 .collect()
         }

@@ -184,8 +184,8 @@ impl Recovered {
         let lamport = lamport.max(state.as_ref().map_or(0, |s| s.lamport));
         let replica_and_synced = state.filter(|s| s.era == map.era).map(|s| {
             let mut applied = s.applied;
-            applied.set(me, applied.get(&me).max(own_seq));
-            let replica = Replica::restore(me, s.era, applied, lamport);
+            applied.set(me.clone(), applied.get(&me).max(own_seq));
+            let replica = Replica::restore(me.clone(), s.era, applied, lamport);
             (replica, s.synced)
         });
         let (replica, synced) = replica_and_synced.unwrap_or_else(|| {
@@ -224,7 +224,7 @@ mod tests {
             stamp: Stamp {
                 era: 0,
                 lamport,
-                origin,
+                origin: origin.clone(),
                 seq,
             },
             metadata: CausalMetadata::new(0, [(origin, seq)].into_iter().collect()).encode(),

@@ -121,10 +121,10 @@ impl ClusterStatus {
             .into_iter()
             .filter_map(|(n, text)| Some((n, serde_json::from_str(&text).ok()?)))
             .collect();
-        advertised.insert(node.me, NodeStats::of(node));
+        advertised.insert(node.me.clone(), NodeStats::of(node));
         let mut everyone: BTreeSet<NodeId> = node.membership.view();
-        everyone.extend(map.shards.values().flatten().copied());
-        everyone.extend(advertised.keys().copied());
+        everyone.extend(map.shards.values().flatten().cloned());
+        everyone.extend(advertised.keys().cloned());
         let nodes = everyone
             .into_iter()
             .map(|n| {

@@ -441,6 +441,29 @@ async fn forged_tokens_naming_thousands_of_nodes_leave_room_for_new_names() {
     c.assert_running();
 }
 
+/// View changes naming 300 nodes that never existed, each added and removed again, leave
+/// room for a new node's name. (Before, every name a view change named stayed for the
+/// process's life, and past 256 such names no view change or gossip could name a new node
+/// until a shard map did.)
+#[tokio::test]
+async fn view_changes_naming_hundreds_of_passing_nodes_leave_room_for_new_names() {
+    let c = Cluster::start(2, Some(1), FMT).await;
+    for i in 0..300 {
+        let body = serde_json::json!({"socket-address": format!("passing-{i:03}.nowhere:8080")});
+        let (status, answer) = put(&c.view_url(i % 2), body.clone()).await;
+        assert_eq!(status, 201, "{i}: {answer}");
+        let (status, answer) = delete(&c.view_url(i % 2), body).await;
+        assert_eq!(status, 200, "{i}: {answer}");
+    }
+    for i in 0..2 {
+        let name = format!("a-new-node-{i}.kvs.example:8080");
+        let body = serde_json::json!({ "socket-address": name });
+        let (status, answer) = put(&c.view_url(i), body).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    c.assert_running();
+}
+
 /// Keeps `count` silent connections open to `target` (never a byte of handshake), each
 /// opened again 100 ms after the server closes it, until `stop` turns true.
 fn hold_silent_sockets(

@@ -32,7 +32,7 @@ impl VectorClock {
     /// Raises every entry to at least `other`'s (the least upper bound).
     pub fn merge(&mut self, other: &VectorClock) {
         for (node, &value) in &other.0 {
-            let entry = self.0.entry(*node).or_insert(0);
+            let entry = self.0.entry(node.clone()).or_insert(0);
             *entry = (*entry).max(value);
         }
     }
@@ -51,7 +51,7 @@ impl VectorClock {
         self.0
             .iter()
             .filter(move |(node, &v)| nodes(node) && have.get(node) < v)
-            .map(|(node, &v)| (*node, v))
+            .map(|(node, &v)| (node.clone(), v))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &u64)> {

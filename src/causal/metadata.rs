@@ -285,7 +285,7 @@ impl<'a> Reader<'a> {
             if previous.is_some_and(|p| p >= addr) {
                 return Err(InvalidMetadata);
             }
-            previous = Some(addr);
+            previous = Some(addr.clone());
             clock.set(addr, counter);
         }
         let issuer = match version {
@@ -506,7 +506,7 @@ mod tests {
     fn size_grows_with_nodes_not_with_counters() {
         let small = sample().encode().len();
         let mut big = sample();
-        let nodes: Vec<_> = big.clock.iter().map(|(a, _)| *a).collect();
+        let nodes: Vec<_> = big.clock.iter().map(|(a, _)| a.clone()).collect();
         for a in nodes {
             big.clock.set(a, 10_000_000);
         }

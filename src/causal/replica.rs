@@ -19,7 +19,7 @@ use crate::NodeId;
 /// sequence number. A write stamped after another was applied at its origin has a larger
 /// Lamport time, so the order never contradicts causality, and replicas that have applied the
 /// same writes agree on the winner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Stamp {
     pub era: u64,
     pub lamport: u64,
@@ -137,22 +137,22 @@ impl Replica {
         // left before a counter could wrap.
         debug_assert!(self.own_seq() < u64::MAX && self.lamport < u64::MAX);
         let seq = self.own_seq() + 1;
-        self.applied.set(self.me, seq);
+        self.applied.set(self.me.clone(), seq);
         self.lamport += 1;
         let mut clock = VectorClock::new();
         if deps.era == self.era {
             clock.merge(&deps.clock);
         }
-        clock.set(self.me, seq);
+        clock.set(self.me.clone(), seq);
         let stamp = Stamp {
             era: self.era,
             lamport: self.lamport,
-            origin: self.me,
+            origin: self.me.clone(),
             seq,
         };
         (
             stamp,
-            CausalMetadata::new(self.era, clock).issued_by(self.me),
+            CausalMetadata::new(self.era, clock).issued_by(self.me.clone()),
         )
     }
 
@@ -194,7 +194,7 @@ impl Replica {
     pub fn record_applied(&mut self, stamp: &Stamp) {
         debug_assert_eq!(stamp.seq, self.applied.get(&stamp.origin) + 1, "in order");
         debug_assert!(stamp.lamport <= MAX_COUNTER);
-        self.applied.set(stamp.origin, stamp.seq);
+        self.applied.set(stamp.origin.clone(), stamp.seq);
         self.lamport = self.lamport.max(stamp.lamport);
     }
 
@@ -209,7 +209,7 @@ impl Replica {
             log::warn!("ignored a clock with a counter beyond {MAX_COUNTER}: {applied:?}");
             for (node, &v) in applied.iter().filter(|(_, &v)| v <= MAX_COUNTER) {
                 if v > self.applied.get(node) {
-                    self.applied.set(*node, v);
+                    self.applied.set(node.clone(), v);
                 }
             }
         }
@@ -314,7 +314,10 @@ mod tests {
         assert_eq!(r.readiness(&new, shard), Readiness::FutureEra(2));
         let (s, m) = r.stamp_local_write(&old);
         assert!(m.clock.get(&n(2)) == 0, "old-era entries are dropped");
-        let stale = Stamp { era: 0, ..s };
+        let stale = Stamp {
+            era: 0,
+            ..s.clone()
+        };
         assert_eq!(r.admit(&stale, &m.clock, shard), Admission::Stale);
         r.start_era(2);
         assert_eq!(r.own_seq(), 0);
@@ -339,11 +342,11 @@ mod tests {
     fn counters_near_u64_max_are_refused() {
         let me: NodeId = "10.0.0.1:8080".parse().unwrap();
         let peer: NodeId = "10.0.0.2:8080".parse().unwrap();
-        let mut r = Replica::new(me, 0);
+        let mut r = Replica::new(me.clone(), 0);
         let huge = Stamp {
             era: 0,
             lamport: u64::MAX,
-            origin: peer,
+            origin: peer.clone(),
             seq: 1,
         };
         assert_eq!(
@@ -361,7 +364,7 @@ mod tests {
         );
         let mut clock = VectorClock::new();
         clock.set(me, u64::MAX);
-        clock.set(peer, 7);
+        clock.set(peer.clone(), 7);
         r.absorb(&clock, u64::MAX);
         assert_eq!(r.applied().get(&peer), 7, "the sane entry is taken");
         assert_eq!(r.own_seq(), 0);

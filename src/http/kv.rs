@@ -358,7 +358,7 @@ async fn execute_linearizable(
 }
 
 fn retrieved(node: &Node, request: &KvRequest, entry: crate::storage::Entry) -> KvAnswer {
-    let metadata = read_metadata(&request.deps, entry.metadata, node.me);
+    let metadata = read_metadata(&request.deps, entry.metadata, node.me.clone());
     let body = Retrieved {
         message: "Retrieved successfully",
         version: &metadata,
@@ -441,8 +441,8 @@ async fn forward(node: &Node, request: Relayed<'_>) -> KvAnswer {
     if request.hops >= MAX_HOPS {
         return unavailable();
     }
-    for &member in request.members.iter().take(3) {
-        match relay_once(node, &request, member, Forward::Shard).await {
+    for member in request.members.iter().take(3) {
+        match relay_once(node, &request, member.clone(), Forward::Shard).await {
             Ok(answer) => return answer,
             Err(Undelivered::Unknown) if request.op != Op::Get => {
                 return KvAnswer::error(request.op, &KvsError::WriteFateUnknown)
@@ -500,7 +500,7 @@ async fn relay_attempts(
     loop {
         let result = node
             .peers
-            .relay(member, call.clone(), request.deadline.remaining())
+            .relay(member.clone(), call.clone(), request.deadline.remaining())
             .await;
         let again = call.attempt + 1 < MAX_WRITE_ATTEMPTS && request.op != Op::Get;
         match result {

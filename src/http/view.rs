@@ -68,9 +68,9 @@ pub async fn handle(
     };
     let add = op == Op::Put;
     let result = if add {
-        node.membership.add_to_view(address)
+        node.membership.add_to_view(address.clone())
     } else {
-        node.membership.remove_from_view(address)
+        node.membership.remove_from_view(address.clone())
     };
     if let Err(e) = result {
         return reply::error(op, &e);
@@ -89,7 +89,10 @@ pub async fn handle(
 
 /// Tells the other live nodes of an administrative view change (best effort).
 async fn relay_change(node: Arc<Node>, add: bool, address: NodeId) {
-    let change = ViewChange { add, node: address };
+    let change = ViewChange {
+        add,
+        node: address.clone(),
+    };
     let others: Vec<NodeId> = node
         .membership
         .up_nodes()

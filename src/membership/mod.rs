@@ -101,7 +101,7 @@ impl ViewAdmin {
         live.nodes
             .iter()
             .filter(|(n, s)| self.removed.get(n) != Some(&s.generation))
-            .map(|(n, _)| *n)
+            .map(|(n, _)| n.clone())
             .collect()
     }
 
@@ -117,13 +117,13 @@ impl ViewAdmin {
             .nodes
             .iter()
             .filter(|(node, state)| self.removed.get(node) != Some(&state.generation))
-            .map(|(node, _)| *node)
+            .map(|(node, _)| node.clone())
             .collect();
         view.extend(
             self.declared
                 .iter()
                 .filter(|(_, &since)| now.duration_since(since) < DECLARED_GRACE)
-                .map(|(node, _)| *node),
+                .map(|(node, _)| node.clone()),
         );
         view
     }
@@ -212,7 +212,7 @@ pub struct RelayAddresses {
 
 impl RelayAddresses {
     pub fn get(&self, node: &NodeId) -> Option<NodeId> {
-        self.nodes.get(node).map(|(_, address)| *address)
+        self.nodes.get(node).map(|(_, address)| address.clone())
     }
 
     fn from_states(states: &BTreeMap<ChitchatId, chitchat::NodeState>, seal: &GossipSeal) -> Self {
@@ -230,7 +230,7 @@ impl RelayAddresses {
                 .is_none_or(|(generation, _)| *generation < id.generation_id);
             if newest {
                 out.nodes
-                    .insert(node, (id.generation_id, node.with_port(port)));
+                    .insert(node.clone(), (id.generation_id, node.with_port(port)));
             }
         }
         out
@@ -415,7 +415,7 @@ impl GossipPlan {
         tokio::spawn(follow_live_nodes(
             watcher,
             self.live_tx.clone(),
-            self.me,
+            self.me.clone(),
             generation,
             self.seal.clone(),
         ));
@@ -497,7 +497,7 @@ impl Membership {
         initial: Vec<(String, String)>,
         faults: crate::fault::GossipFaults,
     ) -> anyhow::Result<Self> {
-        let me = config.socket_address;
+        let me = config.socket_address.clone();
         let generation = next_generation(0);
         let secret = config.cluster_secret.as_ref().map(|s| s.as_bytes());
         let seal = GossipSeal::new(secret);
@@ -512,7 +512,7 @@ impl Membership {
         let (live_tx, live) = watch::channel(LiveSet::default());
         let (relays_tx, relays) = watch::channel(RelayAddresses::default());
         let plan = GossipPlan {
-            me,
+            me: me.clone(),
             advertised: advertise_address(&me).await?,
             cluster_id: gossip_cluster_id(secret),
             gossip_interval: config.gossip_interval,
@@ -562,7 +562,7 @@ impl Membership {
     }
 
     pub fn me(&self) -> NodeId {
-        self.me
+        self.me.clone()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<LiveSet> {
@@ -653,7 +653,7 @@ async fn follow_live_nodes(
             let nodes = watcher.borrow_and_update();
             let mut set = LiveSet::default();
             set.nodes.insert(
-                me,
+                me.clone(),
                 PeerState {
                     generation,
                     ..Default::default()

@@ -237,7 +237,7 @@ impl LocalReplica {
         let token = metadata.encode();
         let entry = Entry {
             value,
-            stamp,
+            stamp: stamp.clone(),
             metadata: token.clone(),
         };
         // In the journal before anyone can see it or its client is answered, so that no

@@ -136,7 +136,7 @@ impl Node {
         start: Recovered,
         fault: Arc<FaultSwitch>,
     ) -> Self {
-        let me = config.socket_address;
+        let me = config.socket_address.clone();
         // A node that will copy its shard anyway (new, emptied, or unsynced) learns its
         // counter from the copy; one that issued nothing has nothing to reuse.
         let counter_checked = !start.synced || start.replica.own_seq() == 0;
@@ -147,7 +147,7 @@ impl Node {
         );
         let sync = config.storage.sync;
         let node = Self {
-            me,
+            me: me.clone(),
             local: LocalReplica::new(
                 start.store,
                 start.replica,
@@ -202,7 +202,9 @@ impl Node {
     /// Records that `peer` has applied this node's writes of `era` up to `applied`.
     pub fn note_ack(&self, peer: NodeId, era: u64, applied: u64) {
         if !self.counter_checked.load(Ordering::Acquire)
-            && self.local.distrust_counter_if_behind(peer, era, applied)
+            && self
+                .local
+                .distrust_counter_if_behind(peer.clone(), era, applied)
         {
             // A peer holds more of this node's writes than its journal kept (a damaged or
             // truncated journal, which fjall reads up to the damage): issuing the next
@@ -295,7 +297,8 @@ impl Node {
     /// replicated: measured with round-robin sessions on three nodes, that wait cut PUT
     /// throughput to 0.35-0.44× that of sessions that stay on one node.
     pub fn better_placed(&self, deps: &CausalMetadata) -> Option<NodeId> {
-        let issuer = deps.issuer.filter(|n| *n != self.me)?;
+        let issuer = <std::option::Option<NodeId> as Clone>::clone(&deps.issuer.clone())
+            .filter(|n| *n != self.me)?;
         let map = self.routing.map();
         let in_shard = Routing::shard_filter(&map, &self.me);
         if !in_shard(&issuer) || !self.is_up(&issuer) {
@@ -568,11 +571,11 @@ pub async fn drop_relays_to_lost_peers(node: Arc<Node>) {
             .borrow_and_update()
             .nodes
             .iter()
-            .filter_map(|(n, state)| Some((*n, state.relay_address(n)?)))
+            .filter_map(|(n, state)| Some((n.clone(), state.relay_address(n)?)))
             .collect();
         for (peer, relay) in &known {
             if current.get(peer) != Some(relay) {
-                node.relay.disconnect(*relay);
+                node.relay.disconnect(relay.clone());
             }
         }
         known = current;

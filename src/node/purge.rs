@@ -88,7 +88,12 @@ fn min_of(clocks: &[&VectorClock]) -> VectorClock {
     };
     first
         .iter()
-        .map(|(node, _)| (*node, clocks.iter().map(|c| c.get(node)).min().unwrap_or(0)))
+        .map(|(node, _)| {
+            (
+                node.clone(),
+                clocks.iter().map(|c| c.get(node)).min().unwrap_or(0),
+            )
+        })
         .collect()
 }
 

@@ -65,7 +65,7 @@ impl RecentLog {
                 break;
             };
             self.bytes -= old.weight();
-            let stamp = old.entry.stamp;
+            let stamp = old.entry.stamp.clone();
             if stamp.seq > self.evicted.get(&stamp.origin) {
                 self.evicted.set(stamp.origin, stamp.seq);
             }

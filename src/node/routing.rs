@@ -61,7 +61,7 @@ impl Routing {
         let map = self.map();
         map.shard_of(&self.me)
             .and_then(|s| map.members(s))
-            .map(|m| m.iter().filter(|n| **n != self.me).copied().collect())
+            .map(|m| m.iter().filter(|n| **n != self.me).cloned().collect())
             .unwrap_or_default()
     }
 
@@ -123,7 +123,7 @@ impl Routing {
             .cycle()
             .skip(start % members.len())
             .take(members.len())
-            .copied()
+            .cloned()
             .collect();
         // Stable: live members keep their rotation order.
         order.sort_by_key(|m| !is_up(m));

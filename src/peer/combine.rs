@@ -64,7 +64,7 @@ impl StoreCombiner {
         let (answer, answered) = oneshot::channel();
         let lead = {
             let mut pending = self.lock();
-            let queue = pending.queues.entry((peer, epoch)).or_default();
+            let queue = pending.queues.entry((peer.clone(), epoch)).or_default();
             queue.waiters.push(Waiter { record, answer });
             // The first waiter when no sender runs starts one; later ones join its batch.
             !std::mem::replace(&mut queue.sending, true)
@@ -103,7 +103,7 @@ impl StoreCombiner {
             tokio::task::yield_now().await;
             let batch: Vec<Waiter> = {
                 let mut pending = self.lock();
-                let queue = pending.queues.entry((peer, epoch)).or_default();
+                let queue = pending.queues.entry((peer.clone(), epoch)).or_default();
                 if queue.waiters.is_empty() {
                     pending.queues.remove(&(peer, epoch));
                     return;
@@ -117,7 +117,7 @@ impl StoreCombiner {
                 budget_ms,
             };
             let answer = peers
-                .lin_store(peer, &message, timeout)
+                .lin_store(peer.clone(), &message, timeout)
                 .await
                 .map(|version| version.epoch)
                 .map_err(|e| e.to_string());

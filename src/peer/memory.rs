@@ -103,7 +103,7 @@ impl MemoryNetwork {
             .delivered
             .iter()
             .filter(|(_, r)| *r == rpc)
-            .map(|(p, _)| *p)
+            .map(|(p, _)| p.clone())
             .collect()
     }
 
@@ -119,7 +119,7 @@ impl MemoryNetwork {
             if *left == 0 {
                 let fault = *fault;
                 inner.fail_after.remove(&peer);
-                inner.faults.insert(peer, fault);
+                inner.faults.insert(peer.clone(), fault);
             } else {
                 *left -= 1;
             }
@@ -145,7 +145,7 @@ impl MemoryNetwork {
         timeout: Duration,
         note: impl FnOnce(&mut Inner),
     ) -> Result<(Arc<dyn Handler>, bool), Undelivered> {
-        let fault = self.fault_for(peer);
+        let fault = self.fault_for(peer.clone());
         match fault {
             Some(Fault::Down) => return Err(Undelivered::Down),
             Some(Fault::Silent) => {
@@ -174,16 +174,18 @@ impl Internode for MemoryNetwork {
         timeout: Duration,
     ) -> Result<Answer, RelayError> {
         let path = call.path.clone();
-        let reached = self.reach(peer, timeout, |inner| inner.relayed.push((peer, path)));
+        let reached = self.reach(peer.clone(), timeout, |inner| {
+            inner.relayed.push((peer.clone(), path))
+        });
         let (handler, answer_lost) = reached.await.map_err(|why| match why {
-            Undelivered::Down => RelayError::NotSent(peer, "down"),
-            Undelivered::Silent => RelayError::Lost(peer, "went silent"),
-            Undelivered::NoSuchNode => RelayError::NotSent(peer, "no such node"),
+            Undelivered::Down => RelayError::NotSent(peer.clone(), "down"),
+            Undelivered::Silent => RelayError::Lost(peer.clone(), "went silent"),
+            Undelivered::NoSuchNode => RelayError::NotSent(peer.clone(), "no such node"),
         })?;
         let id = call.id;
         let (status, body) = tokio::time::timeout(timeout, handler.relay(call))
             .await
-            .map_err(|_| RelayError::NoAnswer(peer, "timed out"))?;
+            .map_err(|_| RelayError::NoAnswer(peer.clone(), "timed out"))?;
         if answer_lost {
             return Err(RelayError::Lost(peer, "answer lost"));
         }
@@ -202,10 +204,12 @@ impl Internode for MemoryNetwork {
         timeout: Duration,
     ) -> Result<Bytes, PeerError> {
         let unreachable = |reason: &str| PeerError::Unreachable {
-            peer,
+            peer: peer.clone(),
             reason: reason.to_owned(),
         };
-        let reached = self.reach(peer, timeout, |inner| inner.delivered.push((peer, rpc)));
+        let reached = self.reach(peer.clone(), timeout, |inner| {
+            inner.delivered.push((peer.clone(), rpc))
+        });
         let (handler, answer_lost) = reached.await.map_err(|why| match why {
             Undelivered::Down => unreachable("down"),
             Undelivered::Silent => unreachable("timed out"),

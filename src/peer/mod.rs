@@ -89,7 +89,15 @@ pub trait Internode: Send + Sync {
         batch: &ReplicateBatch,
         timeout: Duration,
     ) -> Result<ReplicateAck, PeerError> {
-        call(self, peer, Rpc::Replicate, batch, timeout).await
+        // Sized up front: grown from empty, a batch holding a value of 1 MiB was copied
+        // through every doubling on its way to 1 MiB (a tenth of the coordinator's CPU in a
+        // profile of such writes).
+        let weight = batch.records.iter().map(|r| r.weight()).sum();
+        let body = encode_into(peer.clone(), batch, Vec::with_capacity(weight))?;
+        let answer = self
+            .exchange(peer.clone(), Rpc::Replicate, body, timeout)
+            .await?;
+        decode(peer, &answer)
     }
 
     /// A pull: a delta, or one page of a full copy.
@@ -99,11 +107,14 @@ pub trait Internode: Send + Sync {
         request: &SyncRequest,
         timeout: Duration,
     ) -> Result<SyncResponse, PeerError> {
-        let body = encode(peer, request)?;
-        let answer = self.exchange(peer, Rpc::Sync, body, timeout).await?;
+        let body = encode(peer.clone(), request)?;
+        let answer = self
+            .exchange(peer.clone(), Rpc::Sync, body, timeout)
+            .await?;
         // A page of a full copy is thousands of records (a source in memory answers a
         // million at once): decoding them must not stall the runtime's other tasks.
-        let decoded = tokio::task::spawn_blocking(move || decode::<SyncResponse>(peer, &answer));
+        let from = peer.clone();
+        let decoded = tokio::task::spawn_blocking(move || decode::<SyncResponse>(from, &answer));
         decoded.await.map_err(|e| PeerError::Unreachable {
             peer,
             reason: e.to_string(),
@@ -259,8 +270,17 @@ fn done(answer: Result<Done, PeerError>) -> Result<(), PeerError> {
 }
 
 fn encode<T: Serialize + ?Sized>(peer: NodeId, body: &T) -> Result<Bytes, PeerError> {
-    serde_json::to_vec(body)
-        .map(Bytes::from)
+    encode_into(peer, body, Vec::new())
+}
+
+/// [`encode`] into `out` (sized by the caller).
+fn encode_into<T: Serialize + ?Sized>(
+    peer: NodeId,
+    body: &T,
+    mut out: Vec<u8>,
+) -> Result<Bytes, PeerError> {
+    serde_json::to_writer(&mut out, body)
+        .map(|()| Bytes::from(out))
         .map_err(|e| PeerError::Unreachable {
             peer,
             reason: format!("unencodable request: {e}"),
@@ -288,7 +308,7 @@ where
     Resp: DeserializeOwned,
 {
     let answer = peers
-        .exchange(peer, rpc, encode(peer, body)?, timeout)
+        .exchange(peer.clone(), rpc, encode(peer.clone(), body)?, timeout)
         .await?;
     decode(peer, &answer)
 }

@@ -44,7 +44,7 @@ impl Internode for RelayPeers {
         timeout: Duration,
     ) -> Result<Answer, RelayError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let Some(address) = self.address(peer, deadline).await else {
+        let Some(address) = self.address(peer.clone(), deadline).await else {
             return Err(RelayError::NotSent(peer, "its relay port is not known yet"));
         };
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -62,9 +62,12 @@ impl Internode for RelayPeers {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, PeerError> {
-        let unreachable = |reason: String| PeerError::Unreachable { peer, reason };
+        let unreachable = |reason: String| PeerError::Unreachable {
+            peer: peer.clone(),
+            reason,
+        };
         let deadline = tokio::time::Instant::now() + timeout;
-        let address = self.address(peer, deadline).await.ok_or_else(|| {
+        let address = self.address(peer.clone(), deadline).await.ok_or_else(|| {
             unreachable("its relay port is not known (not heard by gossip)".into())
         })?;
         let call = Call {

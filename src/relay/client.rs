@@ -190,7 +190,7 @@ impl Client {
             ));
         }
         let deadline = Instant::now() + timeout;
-        let connection = self.connection(addr, deadline).await?;
+        let connection = self.connection(addr.clone(), deadline).await?;
         let _slot = match timeout_at(deadline, connection.slots.acquire()).await {
             Ok(Ok(slot)) => slot,
             _ => return Err(RelayError::NotSent(addr, "too many calls in flight")),
@@ -264,19 +264,19 @@ impl Client {
         addr: NodeId,
         deadline: Instant,
     ) -> Result<Arc<Connection>, RelayError> {
-        if let Some(connection) = self.open_connection(addr) {
+        if let Some(connection) = self.open_connection(addr.clone()) {
             return Ok(connection);
         }
         let dialer = {
             let mut dialers = self.dialers.lock().unwrap_or_else(|p| p.into_inner());
-            dialers.entry(addr).or_default().clone()
+            dialers.entry(addr.clone()).or_default().clone()
         };
         let connect_by = deadline.min(Instant::now() + CONNECT_TIMEOUT);
         let Ok(mut last_failure) = timeout_at(connect_by, dialer.lock()).await else {
             return Err(RelayError::NotSent(addr, "connect timed out"));
         };
         // Another request may have connected while this one waited.
-        if let Some(connection) = self.open_connection(addr) {
+        if let Some(connection) = self.open_connection(addr.clone()) {
             return Ok(connection);
         }
         if last_failure.is_some_and(|at| at.elapsed() < REDIAL_AFTER) {
@@ -301,7 +301,7 @@ impl Client {
             Ok(Err(e)) => {
                 *last_failure = Some(Instant::now());
                 self.refusals
-                    .warn(addr, format_args!("relay to {addr}: {e}"));
+                    .warn(addr.clone(), format_args!("relay to {addr}: {e}"));
                 return Err(RelayError::NotSent(addr, "the handshake failed"));
             }
             Err(_) => {

@@ -32,7 +32,7 @@ pub async fn send_records(peers: &dyn Internode, target: NodeId, records: &[Reco
         };
         let mut delivered = false;
         for attempt in 0..ATTEMPTS {
-            match peers.absorb(target, &body, CALL_TIMEOUT).await {
+            match peers.absorb(target.clone(), &body, CALL_TIMEOUT).await {
                 Ok(()) => {
                     delivered = true;
                     break;
@@ -72,11 +72,16 @@ pub async fn hand_off_foreign_keys(node: Arc<Node>) {
     for (shard, records) in by_shard {
         let members: Vec<NodeId> = map
             .members(shard)
-            .map(|m| m.iter().copied().collect())
+            .map(|m| m.iter().cloned().collect())
             .unwrap_or_default();
         let peers = node.peers.as_ref();
         let records = &records;
-        let delivered = join_all(members.iter().map(|&m| send_records(peers, m, records))).await;
+        let delivered = join_all(
+            members
+                .iter()
+                .map(|m| send_records(peers, m.clone(), records)),
+        )
+        .await;
         all_delivered &= delivered.into_iter().any(|ok| ok);
     }
     if all_delivered && node.routing.map().epoch == map.epoch {

@@ -54,7 +54,7 @@ where
     // covers.
     let mut first: Option<(u64, VectorClock, u64)> = None;
     for page in 0..MAX_COPY_PAGES {
-        let mut response = match peers.pull(peer, &request, PULL_TIMEOUT).await {
+        let mut response = match peers.pull(peer.clone(), &request, PULL_TIMEOUT).await {
             Ok(response) => response,
             Err(e) => {
                 log::debug!("pull from {peer} failed: {e}");
@@ -128,16 +128,16 @@ pub async fn full_pull(node: &Arc<Node>, grace: Duration) -> bool {
         .into_iter()
         .filter(|p| *p != node.me)
         .collect();
-    let mut next = peers.iter().copied();
+    let mut next = peers.iter().cloned();
     let mut copies = JoinSet::new();
     let spawn_copy = |copies: &mut JoinSet<(NodeId, bool)>, peer: NodeId| {
         let node = node.clone();
-        copies.spawn(async move { (peer, pull_from(&node, peer, true).await) });
+        copies.spawn(async move { (peer.clone(), pull_from(&node, peer, true).await) });
     };
     let Some(first) = next.next() else {
         return false;
     };
-    spawn_copy(&mut copies, first);
+    spawn_copy(&mut copies, first.clone());
     let mut copying_from = vec![first];
     let mut source = None;
     let mut down_checks = 0;
@@ -160,7 +160,7 @@ pub async fn full_pull(node: &Arc<Node>, grace: Duration) -> bool {
         if hedge {
             match next.next() {
                 Some(peer) => {
-                    spawn_copy(&mut copies, peer);
+                    spawn_copy(&mut copies, peer.clone());
                     copying_from.push(peer);
                     down_checks = 0;
                 }
@@ -226,13 +226,13 @@ pub async fn catch_up_once(
         .collect();
     let candidates: Vec<NodeId> = peers
         .iter()
-        .copied()
         .filter(|p| {
             eager
                 || previous
-                    .get(p)
+                    .get(*p)
                     .is_some_and(|theirs| is_ahead(theirs, &mine))
         })
+        .cloned()
         .collect();
     if !eager {
         previous.clear();
@@ -243,7 +243,7 @@ pub async fn catch_up_once(
             }
         }
     }
-    join_all(candidates.iter().map(|&p| pull_from(node, p, false))).await;
+    join_all(candidates.iter().map(|p| pull_from(node, p.clone(), false))).await;
 }
 
 fn is_ahead(theirs: &CausalMetadata, mine: &CausalMetadata) -> bool {
@@ -305,7 +305,7 @@ pub async fn follow_gossiped_maps(node: Arc<Node>) {
             .filter(|(n, _)| **n != node.me)
             .filter_map(|(n, state)| {
                 Some((
-                    *n,
+                    n.clone(),
                     serde_json::from_str::<ShardMap>(state.map.as_ref()?).ok()?,
                 ))
             })

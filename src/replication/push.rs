@@ -52,7 +52,7 @@ pub async fn manage_pushers(node: Arc<Node>) {
         });
         for peer in peers {
             running
-                .entry(peer)
+                .entry(peer.clone())
                 .or_insert_with(|| tokio::spawn(push_to(node.clone(), peer)));
         }
         if maps.changed().await.is_err() {
@@ -75,8 +75,8 @@ async fn push_to(node: Arc<Node>, peer: NodeId) {
             cursor = 1;
         }
         let Some(mut batch) = node.local.outbox.batch(era, cursor, BATCH, BATCH_BYTES) else {
-            if !acknowledged_all(&node, peer) {
-                probe(&node, peer, era).await;
+            if !acknowledged_all(&node, peer.clone()) {
+                probe(&node, peer.clone(), era).await;
             }
             let _ = tokio::time::timeout(IDLE_RECHECK, wake).await;
             continue;
@@ -88,15 +88,15 @@ async fn push_to(node: Arc<Node>, peer: NodeId) {
             }
         }
         let message = ReplicateBatch {
-            origin: node.me,
+            origin: node.me.clone(),
             era,
             records: batch.records,
         };
-        match node.peers.push(peer, &message, PUSH_TIMEOUT).await {
+        match node.peers.push(peer.clone(), &message, PUSH_TIMEOUT).await {
             Ok(ack) if ack.era == era => {
                 backoff = MIN_BACKOFF;
                 cursor = ack.applied + 1;
-                node.note_ack(peer, era, ack.applied);
+                node.note_ack(peer.clone(), era, ack.applied);
                 if ack.blocked {
                     tokio::time::sleep(BLOCKED_RETRY).await;
                 }
@@ -130,11 +130,11 @@ fn acknowledged_all(node: &Node, peer: NodeId) -> bool {
 /// or a quorum write would wait for one in vain.
 async fn probe(node: &Node, peer: NodeId, era: u64) {
     let message = ReplicateBatch {
-        origin: node.me,
+        origin: node.me.clone(),
         era,
         records: Vec::new(),
     };
-    match node.peers.push(peer, &message, PUSH_TIMEOUT).await {
+    match node.peers.push(peer.clone(), &message, PUSH_TIMEOUT).await {
         Ok(ack) if ack.era == era => node.note_ack(peer, era, ack.applied),
         Ok(_) => {}
         Err(e) => log::debug!("probe of {peer} failed: {e}"),

@@ -63,7 +63,7 @@ impl ShardMap {
             shards
                 .entry(i as ShardId % shard_count)
                 .or_default()
-                .insert(*node);
+                .insert(node.clone());
         }
         Ok(Self::first(shards, false))
     }
@@ -213,14 +213,14 @@ impl ShardMap {
         let mut kept: BTreeMap<ShardId, BTreeSet<NodeId>> = (0..count)
             .map(|id| {
                 let members = self.members(id).cloned().unwrap_or_default();
-                (id, members.intersection(live).copied().collect())
+                (id, members.intersection(live).cloned().collect())
             })
             .collect();
         let targets = share_targets(&kept, live.len());
         let mut pool: BTreeSet<NodeId> = live
             .iter()
             .filter(|n| !kept.values().any(|m| m.contains(n)))
-            .copied()
+            .cloned()
             .collect();
         for (id, members) in kept.iter_mut() {
             while members.len() > targets[id] {
@@ -390,11 +390,14 @@ mod tests {
     fn add_member_bumps_the_epoch_only() {
         let map = ShardMap::initial(&nodes(2..=7), 2).unwrap();
         let new: NodeId = "10.10.0.8:8080".parse().unwrap();
-        let next = map.with_member(1, new).unwrap();
+        let next = map.with_member(1, new.clone()).unwrap();
         assert_eq!((next.epoch, next.era), (1, 0));
         assert_eq!(next.shard_of(&new), Some(1));
         assert!(next.supersedes(&map));
-        assert_eq!(next.with_member(0, new), Err(MapError::AlreadyMember(1)));
+        assert_eq!(
+            next.with_member(0, new.clone()),
+            Err(MapError::AlreadyMember(1))
+        );
         assert_eq!(map.with_member(5, new), Err(MapError::UnknownShard));
     }
 

@@ -201,8 +201,8 @@ impl Store {
         let read = self
             .version(key, |v| packed::stamp(v).map(|s| (s, packed::is_live(v))))?
             .flatten();
-        if let (Table::Engine(_, stamps), Some((stamp, live))) = (&self.table, read) {
-            stamps.put(key, stamp, live);
+        if let (Table::Engine(_, stamps), Some((stamp, live))) = (&self.table, &read) {
+            stamps.put(key, stamp.clone(), *live);
         }
         Ok(read)
     }
@@ -239,7 +239,7 @@ impl Store {
         let mut winners: Vec<(Slot, KeyState)> = Vec::new();
         for (key, entry) in versions {
             let stored = self.stored_stamp(key)?;
-            if stored.is_none_or(|(s, _)| entry.stamp > s) {
+            if stored.clone().is_none_or(|(s, _)| entry.stamp > s) {
                 winners.push((Slot::new(key, entry), stored.map(|(_, live)| live)));
             }
         }
@@ -1375,7 +1375,7 @@ mod footprint {
     fn memory_of_a_million_keys() {
         let before = rss_kib();
         let store = Store::new();
-        let origin = "10.10.0.2:8080".parse().unwrap();
+        let origin: crate::NodeId = "10.10.0.2:8080".parse().unwrap();
         let token = crate::causal::CausalMetadata::new(
             0,
             ["10.10.0.2:8080", "10.10.0.4:8080", "10.10.0.6:8080"]
@@ -1390,7 +1390,7 @@ mod footprint {
                 stamp: Stamp {
                     era: 0,
                     lamport: i,
-                    origin,
+                    origin: origin.clone(),
                     seq: i + 1,
                 },
                 metadata: token.clone(),

@@ -58,7 +58,7 @@ impl StampCache {
     pub fn get(&self, key: &str) -> Option<(Stamp, bool)> {
         let slots = self.slots();
         let known = slots[self.slot(key, slots.len())].as_ref()?;
-        (*known.key == *key).then_some((known.stamp, known.live))
+        (*known.key == *key).then_some((known.stamp.clone(), known.live))
     }
 
     /// Records that `key` is now stored with `stamp`.
