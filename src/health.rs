@@ -49,6 +49,11 @@ impl Readiness {
             Some("a shard map (from SHARD_COUNT, the other nodes of VIEW, or an administrator)")
         } else if shard.is_some() && !node.local.is_synced() {
             Some("a copy of its shard's data from the shard's other members")
+        } else if node.local.store.room() == Room::Failed {
+            Some(
+                "its disk, which failed a write: clients' writes are refused (507) until it \
+                 takes writes again and the node restarts itself",
+            )
         } else if node.local.store.room() < Room::Any {
             // A fresh look at the disk: a node taken out of service takes no writes that
             // would look again, and must still notice that space came back.

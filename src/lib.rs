@@ -213,7 +213,8 @@ async fn sync_periodically(node: Arc<node::Node>, interval: std::time::Duration)
         tokio::time::sleep(interval).await;
         let backend = backend.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || backend.sync()).await {
-            node::storage_failed(e);
+            // The disk fails (or the node stops); later syncs fail at once until it restarts.
+            node.local.disk_failed(e);
         }
     }
 }

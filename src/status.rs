@@ -32,10 +32,22 @@ pub struct NodeStats {
     pub ready: bool,
     /// In an injected failure ([`crate::fault`]).
     pub failed: bool,
-    /// Room on its disk (`storage::space`): `ok`, `low` (clients' writes refused, 507) or
-    /// `full` (nothing written); empty for a node in memory or one that does not say.
+    /// Room on its disk (`storage::space`): `ok`, `low` (clients' writes refused, 507),
+    /// `full` (nothing written) or `failed: <why>` (a write failed; nothing written until
+    /// the node restarts itself); empty for a node in memory or one that does not say.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub disk: String,
+}
+
+/// See [`NodeStats::disk`].
+fn disk_state(node: &Node) -> String {
+    let store = &node.local.store;
+    let failure = store.disk_space().and_then(|space| space.failure());
+    match (store.space(), failure) {
+        (_, Some(why)) => format!("failed: {why}"),
+        (Some((_, _, room)), None) => room.name().to_owned(),
+        (None, None) => String::new(),
+    }
 }
 
 impl NodeStats {
@@ -49,12 +61,7 @@ impl NodeStats {
                 .collect(),
             ready: Readiness::of(node).ready,
             failed: node.fault.is_failed(),
-            disk: node
-                .local
-                .store
-                .space()
-                .map(|(_, _, room)| room.name().to_owned())
-                .unwrap_or_default(),
+            disk: disk_state(node),
         }
     }
 }

@@ -19,6 +19,7 @@ pub const STATUS_PATH: &str = "/kvs/status";
 pub const FAIL_PATH: &str = "/kvs/fault/fail";
 pub const RECOVER_PATH: &str = "/kvs/fault/recover";
 pub const GOSSIP_CRASH_PATH: &str = "/kvs/fault/gossip-crash";
+pub const DISK_ERROR_PATH: &str = "/kvs/fault/disk";
 
 /// Paths a failed node still answers: those that observe it or end its failure, and the
 /// dashboard's static page.
@@ -34,7 +35,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route(STATUS_PATH, web::get().to(status))
         .route(FAIL_PATH, web::post().to(fail))
         .route(RECOVER_PATH, web::post().to(recover))
-        .route(GOSSIP_CRASH_PATH, web::post().to(gossip_crash));
+        .route(GOSSIP_CRASH_PATH, web::post().to(gossip_crash))
+        .route(DISK_ERROR_PATH, web::post().to(disk_error));
 }
 
 /// Holds every other request while the node is failed, unanswered, as a node cut off from
@@ -112,6 +114,49 @@ async fn gossip_crash(req: actix_web::HttpRequest, node: web::Data<Arc<Node>>) -
         Ok(()) => reply::ok(json!({"message": "Gossip stopped"})),
         Err(e) => fault_refused(&e),
     }
+}
+
+/// `POST /kvs/fault/disk`, body `{"error": "ENOSPC" | "EDQUOT" | "EIO" | null}`: from now
+/// on the node's disk refuses every write, sync and probe with that error, as the
+/// filesystem would (`storage::disk::inject_write_error`); `null` makes it take them again.
+async fn disk_error(
+    req: actix_web::HttpRequest,
+    payload: web::Payload,
+    node: web::Data<Arc<Node>>,
+) -> HttpResponse {
+    use rustix::io::Errno;
+    if let Some(refused) = refuse_unless_admin_for(&req, &node, "POST") {
+        return refused;
+    }
+    if !node.fault.is_enabled() {
+        return fault_refused(&FaultError::Disabled);
+    }
+    let body = match read_body(&req, payload).await {
+        Ok(body) => body,
+        Err(e) => return super::body_refused("POST", e),
+    };
+    let fields = match json_object(&body) {
+        Ok(fields) => fields,
+        Err(e) => return fault_error(StatusCode::BAD_REQUEST, &e),
+    };
+    let errno = match fields.get("error").and_then(|e| e.as_str()) {
+        None => None,
+        Some("ENOSPC") => Some(Errno::NOSPC),
+        Some("EDQUOT") => Some(Errno::DQUOT),
+        Some("EIO") => Some(Errno::IO),
+        Some(_) => {
+            return fault_error(
+                StatusCode::BAD_REQUEST,
+                "error must be ENOSPC, EDQUOT, EIO or null",
+            )
+        }
+    };
+    crate::storage::disk::inject_write_error(errno.map(|e| e.raw_os_error()));
+    let message = match errno {
+        Some(_) => "The disk refuses writes",
+        None => "The disk takes writes",
+    };
+    reply::ok(json!({ "message": message }))
 }
 
 fn fault_refused(error: &FaultError) -> HttpResponse {

@@ -42,7 +42,7 @@ pub const STORAGE_SCANS: &str = "kvs_storage_scans_total";
 /// Free bytes on the data directory's filesystem, and the reserve kept.
 pub const STORAGE_FREE: &str = "kvs_storage_free_bytes";
 pub const STORAGE_RESERVE: &str = "kvs_storage_reserve_bytes";
-/// 0: writes taken; 1: clients' writes refused (507); 2: nothing written.
+/// 0: writes taken; 1: clients' writes refused (507); 2: nothing written; 3: a write failed.
 pub const STORAGE_FULL: &str = "kvs_storage_disk_full";
 
 /// `GET /metrics`.
@@ -163,13 +163,14 @@ impl NodeState {
             use crate::storage::space::Room;
             describe(&recorder, STORAGE_FREE, "Free bytes on the data directory's filesystem, as the last write or readiness check found them.");
             describe(&recorder, STORAGE_RESERVE, "Bytes kept free on the data directory's filesystem (KVS_DISK_RESERVE_MB): below it clients' writes are refused, below half of it nothing is written.");
-            describe(&recorder, STORAGE_FULL, "0: writes are taken; 1: below the reserve, clients' writes are answered 507 and only replication is stored; 2: below half the reserve, nothing is written.");
+            describe(&recorder, STORAGE_FULL, "0: writes are taken; 1: below the reserve, clients' writes are answered 507 and only replication is stored; 2: below half the reserve, nothing is written; 3: a write failed (over a quota, a device error), nothing is written until the node restarts itself once the disk takes writes again.");
             gauge(STORAGE_FREE, Vec::new(), free as f64);
             gauge(STORAGE_RESERVE, Vec::new(), reserve as f64);
             let full = match room {
                 Room::Any => 0.0,
                 Room::Replication => 1.0,
                 Room::None => 2.0,
+                Room::Failed => 3.0,
             };
             gauge(STORAGE_FULL, Vec::new(), full);
         }

@@ -26,7 +26,7 @@ use crate::recovery::{META_MAP, META_STATE};
 use crate::shard::ShardMap;
 use crate::storage::space::Room;
 use crate::storage::tally::Owner;
-use crate::storage::{Entry, Record, ReplicaState, Store};
+use crate::storage::{Entry, Record, ReplicaState, StorageError, Store};
 use crate::NodeId;
 
 /// Own writes kept for pushing to peers; a peer further behind pulls a delta instead.
@@ -135,7 +135,7 @@ impl LocalReplica {
         &self,
         versions: impl IntoIterator<Item = (&'a str, &'a Entry)>,
         replica: &Replica,
-    ) {
+    ) -> Result<()> {
         let state = self.store.is_durable().then(|| {
             ReplicaState {
                 era: replica.era(),
@@ -146,14 +146,38 @@ impl LocalReplica {
             .encode()
         });
         let meta: Vec<(&str, &[u8])> = state.iter().map(|s| (META_STATE, s.as_slice())).collect();
-        if let Err(e) = self.store.write(versions, &meta) {
-            storage_failed(e);
-        }
+        self.store
+            .write(versions, &meta)
+            .map_err(|e| self.disk_failed(e))
     }
 
-    /// Writes the replica's state alone (it changed without new data).
+    /// Writes the replica's state alone (it changed without new data). A failure leaves
+    /// the disk failed (see [`LocalReplica::disk_failed`]): the node restarts before it
+    /// writes anything again, and takes its state from what is on disk then.
     fn persist_state(&self, replica: &Replica) {
-        self.persist([], replica);
+        let _ = self.persist([], replica);
+    }
+
+    /// What a failed write means: a disk that refused it (full, over a quota, a failing
+    /// device) fails the store's disk (`storage::space`): nothing more is written, clients'
+    /// writes are answered 507 (or 503 when the refused write may be on disk after all),
+    /// reads go on, and the node restarts itself once the disk takes writes again. Any other
+    /// storage error stops the node.
+    pub fn disk_failed(&self, error: StorageError) -> KvsError {
+        let StorageError::WriteFailed { reason, unwritten } = error else {
+            storage_failed(error)
+        };
+        let Some(space) = self.store.disk_space() else {
+            storage_failed(StorageError::WriteFailed { reason, unwritten })
+        };
+        if space.fail(&reason) {
+            super::restart_when_the_disk_takes_writes(space);
+        }
+        if unwritten {
+            KvsError::InsufficientStorage
+        } else {
+            KvsError::Unavailable
+        }
     }
 
     /// With `KVS_SYNC=always`, waits until everything written so far is on the device;
@@ -165,7 +189,7 @@ impl LocalReplica {
         let backend = backend.clone();
         match tokio::task::spawn_blocking(move || backend.sync()).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => storage_failed(e),
+            Ok(Err(e)) => Err(self.disk_failed(e)),
             Err(_) => Err(KvsError::Unavailable),
         }
     }
@@ -233,6 +257,9 @@ impl LocalReplica {
         if value.is_none() && !existed {
             return Err(KvsError::KeyNotFound);
         }
+        // What the replica was before this write: restored if the disk refuses it, so that
+        // memory never claims more than the disk holds (reads go on from both).
+        let unstamped = replica.clone();
         let (stamp, metadata) = replica.stamp_local_write(deps);
         let token = metadata.encode();
         let entry = Entry {
@@ -247,7 +274,8 @@ impl LocalReplica {
         // kept every version of it in the engine's memtable: 9% of a node's CPU went to
         // searching that skip list.
         if let Err(e) = self.store.write([(key, &entry)], &[]) {
-            storage_failed(e);
+            *replica = unstamped;
+            return Err(self.disk_failed(e));
         }
         let record = Arc::new(Record {
             key: key.to_owned(),
@@ -279,6 +307,8 @@ impl LocalReplica {
         }
         let mut replica = lock(&self.replica);
         let before = replica.applied().get(&batch.origin);
+        // Restored if the disk refuses the batch (see `write`).
+        let unapplied = replica.clone();
         let mut blocked = false;
         let mut applied = Vec::new();
         if batch.era == replica.era() {
@@ -316,7 +346,17 @@ impl LocalReplica {
         }
         if !applied.is_empty() {
             // One journal write for the whole batch and the state after it.
-            self.persist(applied.iter().map(|r| (r.key.as_str(), &r.entry)), &replica);
+            let persisted =
+                self.persist(applied.iter().map(|r| (r.key.as_str(), &r.entry)), &replica);
+            if persisted.is_err() {
+                // Nothing applied: the pusher keeps the writes.
+                *replica = unapplied;
+                return ReplicateAck {
+                    era: replica.era(),
+                    applied: before,
+                    blocked: true,
+                };
+            }
             let mut recent = lock(&self.recent);
             for record in applied {
                 recent.push(record);
@@ -421,10 +461,17 @@ impl LocalReplica {
             .filter(|r| owned(&r.key))
             .collect();
         // A page's records are in; the copy's clock is adopted with the last page only.
+        let unabsorbed = replica.clone();
         if part != CopyPart::Page {
             replica.absorb(&response.applied, response.lamport);
         }
-        self.persist(records.iter().map(|r| (r.key.as_str(), &r.entry)), &replica);
+        if self
+            .persist(records.iter().map(|r| (r.key.as_str(), &r.entry)), &replica)
+            .is_err()
+        {
+            *replica = unabsorbed;
+            return false;
+        }
         if log_records {
             for record in records {
                 recent.push(Arc::new(record));
@@ -448,8 +495,7 @@ impl LocalReplica {
         }
         // Under the replica lock: the store's writers take turns (see `Store::write`).
         let replica = lock(&self.replica);
-        self.persist(records.iter().map(|r| (r.key.as_str(), &r.entry)), &replica);
-        Ok(())
+        self.persist(records.iter().map(|r| (r.key.as_str(), &r.entry)), &replica)
     }
 
     /// [`LocalReplica::absorb_records`] for the records newer than the stored versions: a
@@ -470,7 +516,7 @@ impl LocalReplica {
             })
             .collect();
         if !newer.is_empty() {
-            self.persist(newer.iter().map(|r| (r.key.as_str(), &r.entry)), &replica);
+            self.persist(newer.iter().map(|r| (r.key.as_str(), &r.entry)), &replica)?;
         }
         Ok(())
     }
@@ -524,7 +570,9 @@ impl LocalReplica {
         if let Some(backend) = self.store.backend() {
             let json = serde_json::to_vec(&next).unwrap_or_default();
             if let Err(e) = backend.put_meta(META_MAP, &json) {
-                storage_failed(e);
+                // Not installed: the node takes the map again after its restart.
+                self.disk_failed(e);
+                return None;
             }
         }
         if era_changed {
@@ -557,7 +605,10 @@ impl LocalReplica {
         let _replica = lock(&self.replica);
         match self.store.purge_tombstones(&keys, era, upto) {
             Ok(purged) => purged,
-            Err(e) => storage_failed(e),
+            Err(e) => {
+                self.disk_failed(e);
+                0
+            }
         }
     }
 
@@ -575,14 +626,14 @@ impl LocalReplica {
         // A dropped key may hold this node's latest write: the state keeps its sequence.
         self.persist_state(&replica);
         if let Err(e) = self.store.retain(owned) {
-            storage_failed(e);
+            self.disk_failed(e);
         }
     }
 
     /// Whether nothing may be written, not even what other nodes acknowledged (see
     /// `storage::space`): replication is then left with its senders.
     fn is_full(&self) -> bool {
-        self.store.room() == Room::None
+        self.store.room() <= Room::None
     }
 
     /// Counts the live keys `owner` accepts, and keeps counting them as they change (see

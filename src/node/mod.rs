@@ -110,6 +110,52 @@ pub(crate) fn storage_failed(error: StorageError) -> ! {
     std::process::exit(3)
 }
 
+/// How often a node whose disk failed a write probes it (see `storage::space`).
+const DISK_PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// Restarts this process in place once the disk under `space` takes writes again (see
+/// `storage::space`): the engine refuses every write after a failed one until it is opened
+/// again, and a new process opens it with the same recovery as after a crash, taking its
+/// state from what is on disk. On its own thread: the node's runtime goes on serving
+/// reads meanwhile.
+pub(crate) fn restart_when_the_disk_takes_writes(space: Arc<crate::storage::space::DiskSpace>) {
+    let probing = std::thread::Builder::new()
+        .name("disk-probe".into())
+        .spawn(move || {
+            let mut last_reason = String::new();
+            loop {
+                std::thread::sleep(DISK_PROBE_EVERY);
+                match space.takes_writes_again() {
+                    Ok(()) => restart_in_place(),
+                    Err(reason) if reason != last_reason => {
+                        log::warn!("the disk does not take writes yet: {reason}");
+                        last_reason = reason;
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+    if let Err(e) = probing {
+        log::error!("cannot watch the disk ({e}): stopping");
+        std::process::exit(3);
+    }
+}
+
+/// Replaces this process with a new run of the same program, arguments and environment
+/// (its process id, and so its container, stay). Every descriptor is closed on exec.
+fn restart_in_place() -> ! {
+    use std::os::unix::process::CommandExt;
+    log::warn!("the disk takes writes again: restarting to open the storage engine again");
+    let error = match std::env::current_exe() {
+        Ok(program) => std::process::Command::new(program)
+            .args(std::env::args_os().skip(1))
+            .exec(),
+        Err(e) => e,
+    };
+    log::error!("cannot restart in place ({error}): stopping");
+    std::process::exit(3)
+}
+
 /// Whether a relay connection's source address is one of the store's nodes: an address in
 /// the view or the shard map (nodes named by DNS are not told apart by address).
 pub fn known_peers(node: &Arc<Node>) -> crate::relay::admission::KnownPeers {
@@ -297,8 +343,7 @@ impl Node {
     /// replicated: measured with round-robin sessions on three nodes, that wait cut PUT
     /// throughput to 0.35-0.44× that of sessions that stay on one node.
     pub fn better_placed(&self, deps: &CausalMetadata) -> Option<NodeId> {
-        let issuer = <std::option::Option<NodeId> as Clone>::clone(&deps.issuer.clone())
-            .filter(|n| *n != self.me)?;
+        let issuer = deps.issuer.clone().filter(|n| *n != self.me)?;
         let map = self.routing.map();
         let in_shard = Routing::shard_filter(&map, &self.me);
         if !in_shard(&issuer) || !self.is_up(&issuer) {

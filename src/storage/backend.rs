@@ -18,6 +18,12 @@ pub enum StorageError {
     /// What was read back is not what this node writes: the data directory is damaged.
     #[error("damaged data: {0}")]
     Damaged(String),
+    /// A write or sync the filesystem refused (it is full, over a quota, or the device
+    /// failed), or any write after one: the engine takes no write until it is opened again
+    /// (see `storage::space`). `unwritten` says the refused write is certainly not on disk
+    /// (refused before its journal entry was whole); a failed sync may have left it there.
+    #[error("writing to the disk failed: {reason}")]
+    WriteFailed { reason: String, unwritten: bool },
     /// The data directory is stamped for another store (`recovery::DirStamp`).
     #[error("{0}")]
     OtherStore(String),

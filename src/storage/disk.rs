@@ -21,7 +21,7 @@
 //! table holds); keyspace `meta` holds the replica state and the shard map.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -39,6 +39,69 @@ pub struct Disk {
     synced: Mutex<u64>,
     /// Syncs that went to the device.
     syncs: AtomicU64,
+    /// A write or sync failed: as fjall does after a failed journal write, every later one
+    /// fails too, until the database is opened again (by a new process).
+    failed: AtomicBool,
+}
+
+/// The error number every write, sync and probe of this process's disk meets, as if the
+/// filesystem returned it (0: none): `POST /kvs/fault/disk` with `KVS_FAULT_INJECTION=1`.
+/// A quota (EDQUOT) or a failing device (EIO) cannot be made in a test without a kernel
+/// built for them; this makes the node meet their errors where the engine would.
+static INJECTED_ERRNO: AtomicI32 = AtomicI32::new(0);
+
+/// Makes this process's disk refuse writes with `errno` (`None`: take them again).
+pub fn inject_write_error(errno: Option<i32>) {
+    INJECTED_ERRNO.store(errno.unwrap_or(0), Ordering::Release);
+}
+
+fn injected() -> Option<std::io::Error> {
+    match INJECTED_ERRNO.load(Ordering::Acquire) {
+        0 => None,
+        errno => Some(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// Whether the filesystem under `dir` takes a write of `bytes` now, and syncs it: a file
+/// of that size is allocated (as a quota counts it), a block written and synced, then the
+/// file removed. Says why not, if not.
+pub fn probe(dir: &Path, bytes: u64) -> Result<(), String> {
+    use std::io::Write;
+    if let Some(e) = injected() {
+        return Err(e.to_string());
+    }
+    let path = dir.join("space-probe");
+    let tried = (|| -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&path)?;
+        rustix::fs::fallocate(
+            &file,
+            rustix::fs::FallocateFlags::empty(),
+            0,
+            bytes.max(4096),
+        )?;
+        file.write_all(&[0u8; 4096])?;
+        file.sync_data()
+    })();
+    let _ = std::fs::remove_file(&path);
+    tried.map_err(|e| e.to_string())
+}
+
+/// A failed commit as the store sees it: `unwritten` when the filesystem refused space
+/// (the journal entry is not whole, and recovery drops a torn one) or the engine refused
+/// before writing; a device error may have left it whole.
+fn write_failed(path: &Path, e: fjall::Error) -> StorageError {
+    let unwritten = match &e {
+        fjall::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ),
+        fjall::Error::Poisoned => true,
+        _ => false,
+    };
+    StorageError::WriteFailed {
+        reason: format!("{}: {e}", path.display()),
+        unwritten,
+    }
 }
 
 fn engine(path: &Path) -> impl Fn(fjall::Error) -> StorageError + '_ {
@@ -75,7 +138,37 @@ impl Disk {
             written: AtomicU64::new(0),
             synced: Mutex::new(0),
             syncs: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
         })
+    }
+
+    /// Refuses a write after a failed one, and one the injected error refuses.
+    fn refuse_if_failed(&self) -> Result<(), StorageError> {
+        if let Some(e) = injected() {
+            self.failed.store(true, Ordering::Release);
+            return Err(StorageError::WriteFailed {
+                reason: format!("{}: {e}", self.path.display()),
+                unwritten: true,
+            });
+        }
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StorageError::WriteFailed {
+                reason: format!(
+                    "{}: an earlier write failed; no write is taken until the node restarts",
+                    self.path.display()
+                ),
+                unwritten: true,
+            });
+        }
+        Ok(())
+    }
+
+    /// Keeps `result`'s failure, after which every write fails.
+    fn noting<T>(&self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        if result.is_err() {
+            self.failed.store(true, Ordering::Release);
+        }
+        result
     }
 
     fn wrote(&self) {
@@ -88,6 +181,7 @@ impl Backend for Disk {
         if batch.is_empty() {
             return Ok(());
         }
+        self.refuse_if_failed()?;
         let mut write = self.db.batch();
         for (key, version) in &batch.puts {
             write.insert(&self.data, key.as_bytes(), *version);
@@ -98,7 +192,7 @@ impl Backend for Disk {
         for (name, value) in &batch.meta {
             write.insert(&self.meta, name.as_bytes(), *value);
         }
-        write.commit().map_err(engine(&self.path))?;
+        self.noting(write.commit().map_err(|e| write_failed(&self.path, e)))?;
         self.wrote();
         Ok(())
     }
@@ -151,9 +245,18 @@ impl Backend for Disk {
         }
         // Everything written before this load is in the journal: one sync covers it all.
         let upto = self.written.load(Ordering::Acquire);
-        self.db
-            .persist(PersistMode::SyncData)
-            .map_err(engine(&self.path))?;
+        // What a failed sync leaves on the device is not known: every write it covered may
+        // still be there after a restart.
+        let as_sync = |e: StorageError| match e {
+            StorageError::WriteFailed { reason, .. } => StorageError::WriteFailed {
+                reason,
+                unwritten: false,
+            },
+            other => other,
+        };
+        self.refuse_if_failed().map_err(as_sync)?;
+        let persisted = self.db.persist(PersistMode::SyncData);
+        self.noting(persisted.map_err(|e| as_sync(write_failed(&self.path, e))))?;
         *synced = upto;
         self.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -172,6 +275,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kvs-disk-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    /// A full disk or a quota refuses the journal entry (a torn one is dropped when the
+    /// journal is read back), so the write is certainly not on disk: 507. A device error
+    /// may have left it whole: 503, "may have been applied".
+    #[test]
+    fn a_refused_write_is_unwritten_only_when_the_filesystem_refused_space() {
+        use rustix::io::Errno;
+        let unwritten = |e: fjall::Error| match write_failed(Path::new("d"), e) {
+            StorageError::WriteFailed { unwritten, .. } => unwritten,
+            other => panic!("{other}"),
+        };
+        let os = |errno: Errno| {
+            fjall::Error::Io(std::io::Error::from_raw_os_error(errno.raw_os_error()))
+        };
+        assert!(unwritten(os(Errno::NOSPC)));
+        assert!(unwritten(os(Errno::DQUOT)));
+        assert!(unwritten(fjall::Error::Poisoned));
+        assert!(!unwritten(os(Errno::IO)));
     }
 
     #[test]

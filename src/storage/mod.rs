@@ -87,7 +87,7 @@ pub struct Store {
     /// Scans of every stored key, for the metric that shows no request pays for one.
     scans: AtomicU64,
     /// Room on the data directory's filesystem (a durable node's).
-    space: Option<space::DiskSpace>,
+    space: Option<Arc<space::DiskSpace>>,
 }
 
 impl Default for Table {
@@ -142,20 +142,29 @@ impl Store {
 
     /// Checks `space` before every write from now on (see [`space`]).
     pub fn with_space(mut self, space: space::DiskSpace) -> Self {
-        self.space = Some(space);
+        self.space = Some(Arc::new(space));
         self
     }
 
     /// What may be written now (a `statvfs`); any write without a disk to watch.
     pub fn room(&self) -> space::Room {
-        self.space
-            .as_ref()
-            .map_or(space::Room::Any, space::DiskSpace::check)
+        self.space.as_ref().map_or(space::Room::Any, |s| s.check())
+    }
+
+    /// Marks the disk failed (see [`space`]); true the first time. A store without a disk
+    /// to watch has no disk to fail.
+    pub fn fail(&self, reason: &str) -> bool {
+        self.space.as_ref().is_some_and(|space| space.fail(reason))
+    }
+
+    /// The disk under this store, if it watches one.
+    pub fn disk_space(&self) -> Option<Arc<space::DiskSpace>> {
+        self.space.clone()
     }
 
     /// What the last look at the disk found: (free bytes, reserve bytes, room).
     pub fn space(&self) -> Option<(u64, u64, space::Room)> {
-        self.space.as_ref().map(space::DiskSpace::last)
+        self.space.as_ref().map(|s| s.last())
     }
 
     pub fn backend(&self) -> Option<&Arc<dyn Backend>> {
@@ -239,7 +248,7 @@ impl Store {
         let mut winners: Vec<(Slot, KeyState)> = Vec::new();
         for (key, entry) in versions {
             let stored = self.stored_stamp(key)?;
-            if stored.clone().is_none_or(|(s, _)| entry.stamp > s) {
+            if stored.as_ref().is_none_or(|(s, _)| entry.stamp > *s) {
                 winners.push((Slot::new(key, entry), stored.map(|(_, live)| live)));
             }
         }

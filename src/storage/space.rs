@@ -9,6 +9,13 @@
 //! stored; below half of it, nothing is written, and peers keep those writes until it has
 //! room. The reserve must hold the engine's next memtable flush (a table as large as the
 //! memtable) and its journal, so it is at least twice the memtable plus 16 MiB.
+//!
+//! What a look cannot see: a quota (EDQUOT) and a failing device (EIO), or a disk filled
+//! by someone else between two looks. A write that meets one [`fails`](DiskSpace::fail) the
+//! disk: from then on nothing is written (the engine would refuse it anyway), clients'
+//! writes are answered 507, and reads go on from what is on disk. Once a probe of the
+//! filesystem (`disk::probe`: the reserve allocated, a block written and synced) succeeds,
+//! the node restarts itself in place and opens the engine again, as after a crash.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -23,6 +30,8 @@ const RECHECK_AFTER: Duration = Duration::from_millis(10);
 /// What may be written now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Room {
+    /// A write failed (see the module's documentation): nothing, until the node restarts.
+    Failed,
     /// Below half the reserve: nothing.
     None,
     /// Below the reserve: only writes other nodes have acknowledged.
@@ -34,6 +43,7 @@ pub enum Room {
 impl Room {
     pub fn name(self) -> &'static str {
         match self {
+            Room::Failed => "failed",
             Room::None => "full",
             Room::Replication => "low",
             Room::Any => "ok",
@@ -58,6 +68,8 @@ pub struct DiskSpace {
     /// When the last check was made, in microseconds since `born`.
     checked_us: AtomicU64,
     born: Instant,
+    /// Why a write failed, once one has (see the module's documentation).
+    failure: std::sync::Mutex<Option<String>>,
 }
 
 impl DiskSpace {
@@ -69,6 +81,7 @@ impl DiskSpace {
             room: AtomicU8::new(Room::Any as u8),
             checked_us: AtomicU64::new(0),
             born: Instant::now(),
+            failure: std::sync::Mutex::new(None),
         };
         space.look();
         space
@@ -78,6 +91,9 @@ impl DiskSpace {
     /// [`RECHECK_AFTER`] old, else a new look.
     pub fn check(&self) -> Room {
         let (_, _, room) = self.last();
+        if room == Room::Failed {
+            return room;
+        }
         let now_us = self.born.elapsed().as_micros() as u64;
         let age = now_us.saturating_sub(self.checked_us.load(Ordering::Relaxed));
         if room == Room::Any && age < RECHECK_AFTER.as_micros() as u64 {
@@ -96,7 +112,16 @@ impl DiskSpace {
             .unwrap_or(u64::MAX);
         let room = room_for(free, self.reserve);
         self.free.store(free, Ordering::Relaxed);
-        let before = self.room.swap(room as u8, Ordering::AcqRel);
+        // A failed disk stays failed (a look that raced with the failure must not undo it).
+        let swapped = self
+            .room
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |before| {
+                (before != Room::Failed as u8).then_some(room as u8)
+            });
+        let before = match swapped {
+            Ok(before) => before,
+            Err(_) => return Room::Failed,
+        };
         if before != room as u8 {
             log::warn!(
                 "data directory {}: {} MiB free, reserve {} MiB: {}",
@@ -106,18 +131,57 @@ impl DiskSpace {
                 match room {
                     Room::Any => "writes are taken again",
                     Room::Replication => "clients' writes are refused (507), replication goes on",
-                    Room::None => "nothing is written until space is freed",
+                    Room::None | Room::Failed => "nothing is written until space is freed",
                 }
             );
         }
         room
     }
 
+    /// Marks the disk failed by a write that met `reason`; true the first time.
+    pub fn fail(&self, reason: &str) -> bool {
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        self.room.store(Room::Failed as u8, Ordering::Release);
+        if failure.is_some() {
+            return false;
+        }
+        log::error!(
+            "data directory {}: a write failed ({reason}): nothing is written, clients' writes \
+             are refused (507) and reads served from disk until the disk takes writes again; \
+             then this node restarts itself",
+            self.path.display()
+        );
+        *failure = Some(reason.to_owned());
+        true
+    }
+
+    /// Why a write failed, if one has.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether the filesystem takes the reserve and a synced block now, and has the reserve
+    /// free (see `disk::probe`).
+    pub fn takes_writes_again(&self) -> Result<(), String> {
+        super::disk::probe(&self.path, self.reserve)?;
+        let free = rustix::fs::statvfs(&self.path)
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+            .map_err(|e| e.to_string())?;
+        match room_for(free, self.reserve) {
+            Room::Any => Ok(()),
+            _ => Err(format!("{} MiB free, below the reserve", free >> 20)),
+        }
+    }
+
     /// What the last check found: (free bytes, reserve bytes, room).
     pub fn last(&self) -> (u64, u64, Room) {
         let room = match self.room.load(Ordering::Acquire) {
-            0 => Room::None,
-            1 => Room::Replication,
+            0 => Room::Failed,
+            1 => Room::None,
+            2 => Room::Replication,
             _ => Room::Any,
         };
         (self.free.load(Ordering::Relaxed), self.reserve, room)
