@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
 use super::backend::{Backend, Batch, StorageError};
 
@@ -142,6 +142,29 @@ impl Disk {
         })
     }
 
+    /// Syncs every journal file to the device through descriptors of its own. fjall's
+    /// `persist` holds the journal's lock through the sync, and every write waits for that
+    /// lock: with values of 1 MiB arriving, a sync every 100 ms held a node's writes for up
+    /// to 477 ms (a writer's p99 on three nodes went from 2.3 ms to 5-6 ms). Each commit
+    /// has handed its bytes to the operating system before it returns (fjall's batches
+    /// flush its buffer), and a sync of any descriptor of a file covers everything written
+    /// to the file, so this covers every write committed before it began. A journal removed
+    /// meanwhile was written out into tables, which fjall syncs.
+    fn sync_journals(&self) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(&self.path)? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "jnl") {
+                continue;
+            }
+            match std::fs::File::open(&path) {
+                Ok(file) => file.sync_data()?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses a write after a failed one, and one the injected error refuses.
     fn refuse_if_failed(&self) -> Result<(), StorageError> {
         if let Some(e) = injected() {
@@ -255,8 +278,11 @@ impl Backend for Disk {
             other => other,
         };
         self.refuse_if_failed().map_err(as_sync)?;
-        let persisted = self.db.persist(PersistMode::SyncData);
-        self.noting(persisted.map_err(|e| as_sync(write_failed(&self.path, e))))?;
+        let synced_now = self.sync_journals().map_err(|e| StorageError::WriteFailed {
+            reason: format!("{}: syncing the journal: {e}", self.path.display()),
+            unwritten: false,
+        });
+        self.noting(synced_now)?;
         *synced = upto;
         self.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
