@@ -16,13 +16,7 @@ const FMT: &str = "2019";
 
 async fn put_key(c: &Cluster, node: usize, key: &str, cm: &str) -> (u16, serde_json::Value) {
     let body = json!({"value": format!("value of {key}"), "causal-metadata": cm});
-    try_request(
-        reqwest::Method::PUT,
-        &c.kv_url(node, key),
-        Body::Json(&body),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("PUT {key} through node {node}: {e}"))
+    put(&c.kv_url(node, key), body).await
 }
 
 /// A node whose disk refuses a write with EDQUOT or EIO stays up: it answers clients'

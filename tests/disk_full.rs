@@ -61,13 +61,7 @@ fn value(i: usize) -> String {
 
 async fn put_value(c: &Cluster, node: usize, key: &str, i: usize) -> (u16, serde_json::Value) {
     let body = json!({"value": value(i), "causal-metadata": ""});
-    try_request(
-        reqwest::Method::PUT,
-        &c.kv_url(node, key),
-        Body::Json(&body),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("PUT {key} through node {node}: {e}"))
+    put(&c.kv_url(node, key), body).await
 }
 
 /// A node whose disk fills answers clients' writes 507 with a clear message, keeps serving

@@ -69,16 +69,9 @@ async fn fail(
     payload: web::Payload,
     node: web::Data<Arc<Node>>,
 ) -> HttpResponse {
-    if let Some(refused) = refuse_unless_admin_for(&req, &node, "POST") {
-        return refused;
-    }
-    let body = match read_body(&req, payload).await {
-        Ok(body) => body,
-        Err(e) => return super::body_refused("POST", e),
-    };
-    let fields = match json_object(&body) {
+    let fields = match admin_fields(&req, payload, &node).await {
         Ok(fields) => fields,
-        Err(e) => return fault_error(StatusCode::BAD_REQUEST, &e),
+        Err(refused) => return refused,
     };
     let seconds = match fields.get("seconds") {
         None | Some(serde_json::Value::Null) => None,
@@ -125,20 +118,13 @@ async fn disk_error(
     node: web::Data<Arc<Node>>,
 ) -> HttpResponse {
     use rustix::io::Errno;
-    if let Some(refused) = refuse_unless_admin_for(&req, &node, "POST") {
-        return refused;
-    }
+    let fields = match admin_fields(&req, payload, &node).await {
+        Ok(fields) => fields,
+        Err(refused) => return refused,
+    };
     if !node.fault.is_enabled() {
         return fault_refused(&FaultError::Disabled);
     }
-    let body = match read_body(&req, payload).await {
-        Ok(body) => body,
-        Err(e) => return super::body_refused("POST", e),
-    };
-    let fields = match json_object(&body) {
-        Ok(fields) => fields,
-        Err(e) => return fault_error(StatusCode::BAD_REQUEST, &e),
-    };
     let errno = match fields.get("error").and_then(|e| e.as_str()) {
         None => None,
         Some("ENOSPC") => Some(Errno::NOSPC),
@@ -157,6 +143,21 @@ async fn disk_error(
         None => "The disk takes writes",
     };
     reply::ok(json!({ "message": message }))
+}
+
+/// The fields of an administrator's JSON object body, or the answer refusing the request.
+async fn admin_fields(
+    req: &actix_web::HttpRequest,
+    payload: web::Payload,
+    node: &Node,
+) -> Result<serde_json::Map<String, serde_json::Value>, HttpResponse> {
+    if let Some(refused) = refuse_unless_admin_for(req, node, "POST") {
+        return Err(refused);
+    }
+    let body = read_body(req, payload)
+        .await
+        .map_err(|e| super::body_refused("POST", e))?;
+    json_object(&body).map_err(|e| fault_error(StatusCode::BAD_REQUEST, &e))
 }
 
 fn fault_refused(error: &FaultError) -> HttpResponse {
