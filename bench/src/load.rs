@@ -1,6 +1,6 @@
 //! The load generator: `concurrency` workers, each a client session that sends one request
-//! at a time over a shared pool of keep-alive connections, carrying the last causal-metadata
-//! token it received (kvs API). Closed loop by default (each worker sends its next request
+//! at a time over keep-alive connections of its own ([`crate::h1`], one per target),
+//! carrying the last causal-metadata token it received (kvs API). Closed loop by default (each worker sends its next request
 //! as soon as the previous one is answered); with `--rate`, open loop: requests are due at
 //! fixed times and latency is measured from the time a request was due, so a server that
 //! falls behind is charged for the queueing it causes (no coordinated omission).
@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::base_url;
+use crate::h1;
 use crate::stats::{summary, OpKind, Stats};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,10 +109,6 @@ pub struct LoadArgs {
     pub rate: Option<f64>,
     #[arg(long, value_enum, default_value = "request")]
     pub spread: Spread,
-    /// One connection pool shared by all sessions (default: each session has its own client
-    /// and keep-alive connections, as independent clients would).
-    #[arg(long)]
-    pub shared_pool: bool,
     /// Threads of the generator's runtime.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -174,9 +171,52 @@ impl Keys {
 }
 
 struct Target {
+    /// Its place in `Ctx::targets` (and in each session's connections).
+    index: usize,
+    addr: std::net::SocketAddr,
+    /// `host:port`, for the `Host` header.
+    host: String,
     kv: String,
     etcd_put: String,
     etcd_range: String,
+}
+
+/// What one session owns: a connection to each target and a buffer for request bodies.
+struct Session {
+    conns: Vec<h1::Conn>,
+    body: Vec<u8>,
+}
+
+impl Session {
+    fn new(ctx: &Ctx) -> Self {
+        let conns = ctx
+            .targets
+            .iter()
+            .map(|t| h1::Conn::new(t.addr, t.host.clone(), ctx.timeout))
+            .collect();
+        Self {
+            conns,
+            body: Vec::with_capacity(256),
+        }
+    }
+}
+
+/// The fields of a kvs answer the generator reads, borrowed from its body.
+#[derive(serde::Deserialize)]
+struct KvAnswer<'a> {
+    #[serde(rename = "causal-metadata", borrow, default)]
+    metadata: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    value: Option<Cow<'a, str>>,
+    #[serde(rename = "shard-id", default)]
+    shard: Option<ShardId>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum ShardId {
+    Text(String),
+    Number(u64),
 }
 
 /// Samples key indices 0..n with probability proportional to 1 / (rank+1)^s.
@@ -205,9 +245,8 @@ impl Zipf {
 }
 
 struct Ctx {
-    /// One client (connection pool) per session, or one shared by all (--shared-pool).
-    clients: Vec<reqwest::Client>,
     api: Api,
+    timeout: Duration,
     targets: Vec<Target>,
     keys: Keys,
     zipf: Option<Zipf>,
@@ -229,31 +268,16 @@ enum Outcome {
     BadBody { msg: String },
 }
 
-/// Sends a request and reads the whole answer: its status and body.
-async fn exchange(req: reqwest::RequestBuilder) -> Result<(u16, bytes::Bytes), reqwest::Error> {
-    let resp = req.send().await?;
-    let code = resp.status().as_u16();
-    Ok((code, resp.bytes().await?))
+fn transport(e: h1::H1Error) -> Outcome {
+    Outcome::Transport {
+        kind: e.kind(),
+        msg: e.to_string(),
+    }
 }
 
-fn transport(e: reqwest::Error) -> Outcome {
-    let kind = if e.is_timeout() {
-        "transport: timeout"
-    } else if e.is_connect() {
-        "transport: connect"
-    } else if e.is_body() || e.is_decode() {
-        "transport: body"
-    } else {
-        "transport: other"
-    };
-    let mut msg = e.to_string();
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    Outcome::Transport { kind, msg }
+/// Appends `text` to `out` as a JSON string.
+fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 impl Ctx {
@@ -274,52 +298,57 @@ impl Ctx {
 
     async fn op(
         &self,
-        worker: usize,
+        session: &mut Session,
         t: &Target,
         op: OpKind,
         key: &str,
         value: &str,
         token: &mut String,
     ) -> Outcome {
-        let client = &self.clients[worker % self.clients.len()];
         match self.api {
-            Api::Kvs => self.kvs_op(client, t, op, key, value, token).await,
-            Api::Etcd => self.etcd_op(client, t, op, key, value).await,
+            Api::Kvs => self.kvs_op(session, t, op, key, value, token).await,
+            Api::Etcd => self.etcd_op(session, t, op, key, value).await,
             // The same request and the same client-side work as a kvs GET (JSON body with
             // the session's token, JSON answer parsed): only the server differs.
-            Api::Fixed => self.kvs_op(client, t, OpKind::Get, key, value, token).await,
+            Api::Fixed => {
+                self.kvs_op(session, t, OpKind::Get, key, value, token)
+                    .await
+            }
         }
     }
 
     async fn kvs_op(
         &self,
-        client: &reqwest::Client,
+        session: &mut Session,
         t: &Target,
         op: OpKind,
         key: &str,
         value: &str,
         token: &mut String,
     ) -> Outcome {
-        let url = format!("{}{key}{}", t.kv, self.kv_suffix);
-        let req = match op {
-            OpKind::Get => {
-                let r = client.get(url);
-                if self.carry && !token.is_empty() {
-                    r.header("content-type", "application/json")
-                        .body(json!({ "causal-metadata": token }).to_string())
-                } else {
-                    r
-                }
+        let path = format!("{}{key}{}", t.kv, self.kv_suffix);
+        let body = &mut session.body;
+        body.clear();
+        let (method, sent) = match op {
+            OpKind::Get if self.carry && !token.is_empty() => {
+                body.extend_from_slice(b"{\"causal-metadata\":");
+                push_json_str(body, token);
+                body.push(b'}');
+                ("GET", h1::Body::Json(&body[..]))
             }
+            OpKind::Get => ("GET", h1::Body::None),
             OpKind::Put => {
                 let meta = if self.carry { token.as_str() } else { "" };
-                client
-                    .put(url)
-                    .header("content-type", "application/json")
-                    .body(json!({ "value": value, "causal-metadata": meta }).to_string())
+                body.extend_from_slice(b"{\"value\":");
+                push_json_str(body, value);
+                body.extend_from_slice(b",\"causal-metadata\":");
+                push_json_str(body, meta);
+                body.push(b'}');
+                ("PUT", h1::Body::Json(&body[..]))
             }
         };
-        let (code, bytes) = match exchange(req).await {
+        let conn = &mut session.conns[t.index];
+        let (code, bytes) = match conn.request(method, &path, sent).await {
             Ok(answer) => answer,
             Err(e) => return transport(e),
         };
@@ -330,41 +359,42 @@ impl Ctx {
         if !ok {
             return Outcome::Status {
                 code,
-                body: String::from_utf8_lossy(&bytes).into_owned(),
+                body: String::from_utf8_lossy(bytes).into_owned(),
             };
         }
-        let v: Value = match serde_json::from_slice(&bytes) {
-            Ok(v) => v,
+        let answer: KvAnswer = match serde_json::from_slice(bytes) {
+            Ok(answer) => answer,
             Err(e) => return Outcome::BadBody { msg: e.to_string() },
         };
-        match v.get("causal-metadata").and_then(Value::as_str) {
+        let text = || String::from_utf8_lossy(bytes).into_owned();
+        match &answer.metadata {
             Some(m) => {
                 if self.carry {
-                    m.clone_into(token);
+                    token.clear();
+                    token.push_str(m);
                 }
             }
             None => {
                 return Outcome::BadBody {
-                    msg: format!("no causal-metadata in {v}"),
+                    msg: format!("no causal-metadata in {}", text()),
                 }
             }
         }
-        if op == OpKind::Get && v.get("value").and_then(Value::as_str).is_none() {
+        if op == OpKind::Get && answer.value.is_none() {
             return Outcome::BadBody {
-                msg: format!("no value in {v}"),
+                msg: format!("no value in {}", text()),
             };
         }
-        let shard = match v.get("shard-id") {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        };
+        let shard = answer.shard.map(|s| match s {
+            ShardId::Text(s) => s,
+            ShardId::Number(n) => n.to_string(),
+        });
         Outcome::Ok { shard }
     }
 
     async fn etcd_op(
         &self,
-        client: &reqwest::Client,
+        session: &mut Session,
         t: &Target,
         op: OpKind,
         key: &str,
@@ -381,24 +411,23 @@ impl Ctx {
                 json!({ "key": k, "value": self.b64.encode(value) }),
             ),
         };
-        let req = client
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body.to_string());
-        let (code, bytes) = match exchange(req).await {
+        let body = body.to_string();
+        let conn = &mut session.conns[t.index];
+        let sent = h1::Body::Json(body.as_bytes());
+        let (code, bytes) = match conn.request("POST", url, sent).await {
             Ok(answer) => answer,
             Err(e) => return transport(e),
         };
         if code != 200 {
             return Outcome::Status {
                 code,
-                body: String::from_utf8_lossy(&bytes).into_owned(),
+                body: String::from_utf8_lossy(bytes).into_owned(),
             };
         }
         // A range that found the key has a "kvs" array; a missing key has none.
-        if op == OpKind::Get && !contains(&bytes, b"\"kvs\"") {
+        if op == OpKind::Get && !contains(bytes, b"\"kvs\"") {
             return Outcome::BadBody {
-                msg: format!("key not found: {}", String::from_utf8_lossy(&bytes)),
+                msg: format!("key not found: {}", String::from_utf8_lossy(bytes)),
             };
         }
         Outcome::Ok { shard: None }
@@ -465,6 +494,7 @@ async fn worker(ctx: Arc<Ctx>, id: usize, plan: Plan, seed: u64) -> Stats {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(id as u64));
     let value = random_value(&mut rng, ctx.value_size);
     let mut token = String::new();
+    let mut session = Session::new(&ctx);
     let mut stats = Stats::default();
     let mut k: u32 = 0;
     // When the previous answer arrived: a session cannot send before it.
@@ -508,7 +538,9 @@ async fn worker(ctx: Arc<Ctx>, id: usize, plan: Plan, seed: u64) -> Stats {
             stats.lag(sent.saturating_duration_since(ready));
         }
         let t0 = t0.unwrap_or(sent);
-        let outcome = ctx.op(id, target, op, &key, &value, &mut token).await;
+        let outcome = ctx
+            .op(&mut session, target, op, &key, &value, &mut token)
+            .await;
         answered = Some(Instant::now());
         let latency = t0.elapsed();
         if measured && record(&mut stats, op, &outcome, latency) && Instant::now() <= plan.deadline
@@ -530,6 +562,7 @@ async fn prefill_worker(
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed ^ id as u64);
     let value = random_value(&mut rng, ctx.value_size);
     let mut token = String::new();
+    let mut session = Session::new(&ctx);
     let mut stats = Stats::default();
     let mut shards = Vec::new();
     let mut idx = id as u64;
@@ -539,7 +572,7 @@ async fn prefill_worker(
             let target = ctx.target(id);
             let t0 = Instant::now();
             let outcome = ctx
-                .op(id, target, OpKind::Put, &key, &value, &mut token)
+                .op(&mut session, target, OpKind::Put, &key, &value, &mut token)
                 .await;
             if record(&mut stats, OpKind::Put, &outcome, t0.elapsed()) {
                 if let Outcome::Ok { shard: Some(s) } = outcome {
@@ -621,44 +654,31 @@ async fn run(args: LoadArgs) -> Result<Value> {
         }
     };
     let zipf = (args.dist == Dist::Zipf).then(|| Zipf::new(keys.len(), args.zipf_s));
-    let pool = args
-        .concurrency
-        .max(args.prefill_concurrency.unwrap_or(0))
-        .max(8);
-    let build_client = |pool: usize| {
-        reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(pool)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs_f64(args.timeout))
-            .build()
-    };
-    let clients = if args.shared_pool {
-        vec![build_client(pool)?]
-    } else {
-        let sessions = args.concurrency.max(args.prefill_concurrency.unwrap_or(0));
-        (0..sessions)
-            .map(|_| build_client(2))
-            .collect::<Result<Vec<_>, _>>()?
-    };
     let etcd = args.etcd_prefix.trim_end_matches('/').to_owned();
-    let targets = args
-        .targets
-        .iter()
-        .map(|t| {
-            let base = base_url(t);
-            Target {
-                kv: format!("{base}/key-value-store/"),
-                etcd_put: format!("{base}{etcd}/kv/put"),
-                etcd_range: format!("{base}{etcd}/kv/range"),
-            }
-        })
-        .collect();
+    let mut targets = Vec::new();
+    for (index, t) in args.targets.iter().enumerate() {
+        let base = base_url(t);
+        let Some(rest) = base.strip_prefix("http://") else {
+            bail!("{t}: the generator speaks plain HTTP only");
+        };
+        let (host, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let addr = tokio::net::lookup_host(host)
+            .await
+            .with_context(|| format!("resolving {host}"))?
+            .next()
+            .with_context(|| format!("{host} has no address"))?;
+        targets.push(Target {
+            index,
+            addr,
+            host: host.to_owned(),
+            kv: format!("{prefix}/key-value-store/"),
+            etcd_put: format!("{prefix}{etcd}/kv/put"),
+            etcd_range: format!("{prefix}{etcd}/kv/range"),
+        });
+    }
     let ctx = Arc::new(Ctx {
-        clients,
         api: args.api,
+        timeout: Duration::from_secs_f64(args.timeout),
         targets,
         keys,
         zipf,

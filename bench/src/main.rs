@@ -7,6 +7,7 @@
 
 mod engines;
 mod fixed;
+mod h1;
 mod load;
 mod stats;
 
