@@ -151,12 +151,6 @@ impl Store {
         self.space.as_ref().map_or(space::Room::Any, |s| s.check())
     }
 
-    /// Marks the disk failed (see [`space`]); true the first time. A store without a disk
-    /// to watch has no disk to fail.
-    pub fn fail(&self, reason: &str) -> bool {
-        self.space.as_ref().is_some_and(|space| space.fail(reason))
-    }
-
     /// The disk under this store, if it watches one.
     pub fn disk_space(&self) -> Option<Arc<space::DiskSpace>> {
         self.space.clone()

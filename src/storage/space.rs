@@ -107,9 +107,7 @@ impl DiskSpace {
     fn look(&self) -> Room {
         self.checked_us
             .store(self.born.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let free = rustix::fs::statvfs(&self.path)
-            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-            .unwrap_or(u64::MAX);
+        let free = free_bytes(&self.path).unwrap_or(u64::MAX);
         let room = room_for(free, self.reserve);
         self.free.store(free, Ordering::Relaxed);
         // A failed disk stays failed (a look that raced with the failure must not undo it).
@@ -167,9 +165,7 @@ impl DiskSpace {
     /// free (see `disk::probe`).
     pub fn takes_writes_again(&self) -> Result<(), String> {
         super::disk::probe(&self.path, self.reserve)?;
-        let free = rustix::fs::statvfs(&self.path)
-            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-            .map_err(|e| e.to_string())?;
+        let free = free_bytes(&self.path).map_err(|e| e.to_string())?;
         match room_for(free, self.reserve) {
             Room::Any => Ok(()),
             _ => Err(format!("{} MiB free, below the reserve", free >> 20)),
@@ -186,6 +182,11 @@ impl DiskSpace {
         };
         (self.free.load(Ordering::Relaxed), self.reserve, room)
     }
+}
+
+/// The bytes an unprivileged user may still write on the filesystem under `path`.
+fn free_bytes(path: &Path) -> rustix::io::Result<u64> {
+    rustix::fs::statvfs(path).map(|s| s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 fn room_for(free: u64, reserve: u64) -> Room {
